@@ -1,0 +1,513 @@
+//! Wire contract of las-worker, version 1.
+//!
+//! These types are the public API of the worker: LAS connectors publish
+//! [`LasChangeV1`] messages on the `las.changes` exchange and the portal
+//! publishes [`PortalLinkV1`] on `portal.requests`. Messages the worker cannot
+//! apply are moved to the `las-worker.dead-letter` queue with the headers
+//! described by [`dead_letter`]. The JSON Schemas in `contracts/schema/` are
+//! generated from these types (`make schema`) and `contracts/asyncapi.yaml`
+//! describes the channels.
+//!
+//! Compatibility: v1 only grows by optional fields. A breaking change gets a
+//! new schema id (`las.change.v2`) and lives beside v1.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Exchange on which LAS connectors publish change messages (topic, durable).
+pub const LAS_CHANGES_EXCHANGE: &str = "las.changes";
+/// Exchange on which the portal publishes its requests (topic, durable).
+pub const PORTAL_REQUESTS_EXCHANGE: &str = "portal.requests";
+/// Exchange (fanout) and queue holding messages the worker rejected.
+pub const DEAD_LETTER_EXCHANGE: &str = "las-worker.dead-letter";
+/// Queue holding messages the worker rejected.
+pub const DEAD_LETTER_QUEUE: &str = "las-worker.dead-letter";
+/// Queue the worker consumes LAS change messages from.
+pub const CHANGES_QUEUE: &str = "las-worker.changes";
+/// Queue the worker consumes portal requests from.
+pub const PORTAL_QUEUE: &str = "las-worker.portal";
+/// The only ESIS environment label a portal may be linked to (R6).
+pub const ESIS_PORTAL_LABEL: &str = "BasisOnline Ouderportaal";
+/// Largest message body the worker accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// The schema id of a LAS change message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LasChangeSchema {
+    #[serde(rename = "las.change.v1")]
+    V1,
+}
+
+/// One change in a school's LAS, as sent by a LAS connector.
+///
+/// Routing key: `las.<brin>.<change type>`, e.g. `las.12AB.student.upserted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "las.change.v1")]
+pub struct LasChangeV1 {
+    pub schema: LasChangeSchema,
+    /// Unique per message; a redelivered message with a known id changes nothing.
+    pub message_id: Uuid,
+    /// The school's BRIN: 2 digits and 2 letters or digits, e.g. `12AB`.
+    #[schemars(regex(pattern = r"^[0-9]{2}[A-Z0-9]{2}$"))]
+    pub brin: String,
+    pub source: LasSource,
+    /// When the LAS connector emitted the message.
+    pub emitted_at: DateTime<Utc>,
+    /// Monotonic per (brin, entity kind, las_key); an older version than the
+    /// one applied changes nothing.
+    #[schemars(range(max = 9_223_372_036_854_775_807u64))]
+    pub version: u64,
+    pub change: Change,
+}
+
+/// Which LAS environment sent the message (R6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LasSource {
+    pub system: LasSystem,
+    /// The LAS environment id; one portal is linked to exactly one.
+    pub environment_id: String,
+    /// ESIS environment label; must be `BasisOnline Ouderportaal` for ESIS.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LasSystem {
+    Parnassys,
+    Esis,
+}
+
+impl LasSystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LasSystem::Parnassys => "parnassys",
+            LasSystem::Esis => "esis",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "parnassys" => Some(LasSystem::Parnassys),
+            "esis" => Some(LasSystem::Esis),
+            _ => None,
+        }
+    }
+}
+
+/// The change itself, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum Change {
+    #[serde(rename = "student.upserted")]
+    StudentUpserted(StudentRecord),
+    #[serde(rename = "guardian.upserted")]
+    GuardianUpserted(GuardianRecord),
+    #[serde(rename = "staff.upserted")]
+    StaffUpserted(StaffRecord),
+    #[serde(rename = "group.upserted")]
+    GroupUpserted(GroupRecord),
+    #[serde(rename = "student.removed")]
+    StudentRemoved(Removed),
+    #[serde(rename = "guardian.removed")]
+    GuardianRemoved(Removed),
+    #[serde(rename = "staff.removed")]
+    StaffRemoved(Removed),
+    #[serde(rename = "group.removed")]
+    GroupRemoved(Removed),
+    #[serde(rename = "school_year.rolled_over")]
+    SchoolYearRolledOver(SchoolYear),
+}
+
+impl Change {
+    /// The `type` tag on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Change::StudentUpserted(_) => "student.upserted",
+            Change::GuardianUpserted(_) => "guardian.upserted",
+            Change::StaffUpserted(_) => "staff.upserted",
+            Change::GroupUpserted(_) => "group.upserted",
+            Change::StudentRemoved(_) => "student.removed",
+            Change::GuardianRemoved(_) => "guardian.removed",
+            Change::StaffRemoved(_) => "staff.removed",
+            Change::GroupRemoved(_) => "group.removed",
+            Change::SchoolYearRolledOver(_) => "school_year.rolled_over",
+        }
+    }
+
+    /// The LAS key of the entity the change is about, if it is about one.
+    pub fn las_key(&self) -> Option<&str> {
+        match self {
+            Change::StudentUpserted(r) => Some(&r.las_key),
+            Change::GuardianUpserted(r) => Some(&r.las_key),
+            Change::StaffUpserted(r) => Some(&r.las_key),
+            Change::GroupUpserted(r) => Some(&r.las_key),
+            Change::StudentRemoved(r)
+            | Change::GuardianRemoved(r)
+            | Change::StaffRemoved(r)
+            | Change::GroupRemoved(r) => Some(&r.las_key),
+            Change::SchoolYearRolledOver(_) => None,
+        }
+    }
+
+    /// Every type tag, in contract order.
+    pub const TYPE_NAMES: [&'static str; 9] = [
+        "student.upserted",
+        "guardian.upserted",
+        "staff.upserted",
+        "group.upserted",
+        "student.removed",
+        "guardian.removed",
+        "staff.removed",
+        "group.removed",
+        "school_year.rolled_over",
+    ];
+}
+
+/// A student (leerling). Any field but `las_key` may be absent or null: a
+/// blank field clears the portal field (R2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StudentRecord {
+    pub las_key: String,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub name_prefix: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    /// YYYY-MM-DD.
+    #[serde(default)]
+    pub birth_date: Option<NaiveDate>,
+    #[serde(default)]
+    pub street: Option<String>,
+    #[serde(default)]
+    pub postcode: Option<String>,
+    #[serde(default)]
+    pub city: Option<String>,
+    /// Never imported: a student's phone is cleared in the portal (R3).
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// LAS keys of the groups the student is in.
+    #[serde(default)]
+    pub group_keys: Option<Vec<String>>,
+}
+
+/// A guardian (ouder/verzorger).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GuardianRecord {
+    pub las_key: String,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub name_prefix: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    #[serde(default)]
+    pub street: Option<String>,
+    #[serde(default)]
+    pub postcode: Option<String>,
+    #[serde(default)]
+    pub city: Option<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub mobile: Option<String>,
+    /// Imported from ESIS only; ignored for ParnasSys (R3).
+    #[serde(default)]
+    pub emergency_phone: Option<String>,
+    /// A blank e-mail keeps the portal's e-mail (R4).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// LAS keys of the guardian's students.
+    #[serde(default)]
+    pub student_keys: Option<Vec<String>>,
+}
+
+/// A staff member (medewerker/teamlid).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StaffRecord {
+    pub las_key: String,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub name_prefix: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    /// A blank e-mail keeps the portal's e-mail (R4).
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub mobile: Option<String>,
+    /// Added in v1.1 (optional): R3 imports staff addresses too.
+    #[serde(default)]
+    pub street: Option<String>,
+    #[serde(default)]
+    pub postcode: Option<String>,
+    #[serde(default)]
+    pub city: Option<String>,
+    /// Imported from ESIS only; ignored for ParnasSys (R3).
+    #[serde(default)]
+    pub emergency_phone: Option<String>,
+    /// LAS keys of the groups the staff member teaches.
+    #[serde(default)]
+    pub group_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupKind {
+    /// ParnasSys leerjaar.
+    Year,
+    /// ParnasSys lesgroep: a class over year groups.
+    Class,
+    /// ParnasSys sublesgroep: a hand-picked set of students.
+    Subclass,
+    /// ESIS groep.
+    Group,
+}
+
+impl GroupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupKind::Year => "year",
+            GroupKind::Class => "class",
+            GroupKind::Subclass => "subclass",
+            GroupKind::Group => "group",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "year" => Some(GroupKind::Year),
+            "class" => Some(GroupKind::Class),
+            "subclass" => Some(GroupKind::Subclass),
+            "group" => Some(GroupKind::Group),
+            _ => None,
+        }
+    }
+}
+
+/// A LAS group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupRecord {
+    pub las_key: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub kind: GroupKind,
+    /// For `class`: the year groups the class spans.
+    #[serde(default)]
+    pub year_group_keys: Option<Vec<String>>,
+    /// For `subclass`: its students.
+    #[serde(default)]
+    pub student_keys: Option<Vec<String>>,
+}
+
+/// A removal: the entity with this LAS key is gone from the LAS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Removed {
+    pub las_key: String,
+}
+
+/// The school year rolled over (R11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SchoolYear {
+    /// E.g. `2026-2027`.
+    pub school_year: String,
+}
+
+/// The schema id of a portal link message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PortalLinkSchema {
+    #[serde(rename = "portal.link.v1")]
+    V1,
+}
+
+/// One school's link settings, published by the portal.
+///
+/// Routing key: `portal.<brin>.link`. Settings left out take the defaults of
+/// the rules: no intake group, role `Leerkracht`, staff linked to groups, no
+/// ESIS composite groups, 365 days retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "portal.link.v1")]
+pub struct PortalLinkV1 {
+    pub schema: PortalLinkSchema,
+    pub message_id: Uuid,
+    #[schemars(regex(pattern = r"^[0-9]{2}[A-Z0-9]{2}$"))]
+    pub brin: String,
+    pub system: LasSystem,
+    /// The one LAS environment this portal is linked to (R6).
+    pub environment_id: String,
+    /// ESIS only: the environment label, which must be `BasisOnline Ouderportaal`.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Import children from this many weeks before their 4th birthday into the
+    /// intake group (R9); null = off.
+    #[serde(default)]
+    pub intake_weeks_ahead: Option<u32>,
+    /// Role given to new staff profiles (R8); default `Leerkracht`.
+    #[serde(default)]
+    pub default_staff_role: Option<String>,
+    /// Put new staff in their LAS groups (R8); default true.
+    #[serde(default)]
+    pub link_staff_to_groups: Option<bool>,
+    /// Create composite groups for ESIS (R7); default false.
+    #[serde(default)]
+    pub esis_composite_groups: Option<bool>,
+    /// Days after deactivation before personal data is purged (R12); default 365.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// First run: LAS groups mapped onto existing portal groups (R7).
+    #[serde(default)]
+    pub group_mapping: Option<Vec<GroupMapping>>,
+    #[serde(default)]
+    pub emitted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupMapping {
+    pub las_group_key: String,
+    pub portal_group_id: i64,
+}
+
+/// Headers the worker puts on a message it moves to the dead-letter queue.
+/// The body is the original body, unchanged, so it can be replayed.
+pub mod dead_letter {
+    /// Machine-readable reason code, one of [`super::RejectReason`].
+    pub const REASON_CODE: &str = "x-las-reason-code";
+    /// The reason in plain words, for a support desk. Never personal data.
+    pub const REASON: &str = "x-las-reason";
+    /// Exchange the message was first published on.
+    pub const ORIGINAL_EXCHANGE: &str = "x-las-original-exchange";
+    /// Routing key the message was first published with.
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-las-original-routing-key";
+    /// RFC 3339 time of the rejection.
+    pub const REJECTED_AT: &str = "x-las-rejected-at";
+    /// The message id, when the message could be read far enough to have one.
+    pub const MESSAGE_ID: &str = "x-las-message-id";
+}
+
+/// Why a message was rejected to the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The body is not JSON.
+    InvalidJson,
+    /// The `schema` field names a schema this worker does not know.
+    UnknownSchema,
+    /// JSON, but a field is missing or has the wrong form.
+    ValidationFailed,
+    /// Bigger than 1 MiB.
+    TooLarge,
+    /// No portal is linked to this BRIN (R6).
+    UnknownBrin,
+    /// The message came from another LAS system or environment than the school's link (R6).
+    EnvironmentMismatch,
+    /// ESIS environment with a label other than `BasisOnline Ouderportaal` (R6).
+    EsisLabel,
+    /// A link request that would give a portal a second LAS environment (R6).
+    RelinkRefused,
+    /// A change type this worker version cannot apply yet.
+    Unsupported,
+    /// The database refused the change (a constraint); the message is kept for a person to look at.
+    DatabaseRejected,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::UnknownSchema => "unknown_schema",
+            RejectReason::ValidationFailed => "validation_failed",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::UnknownBrin => "unknown_brin",
+            RejectReason::EnvironmentMismatch => "environment_mismatch",
+            RejectReason::EsisLabel => "esis_label",
+            RejectReason::RelinkRefused => "relink_refused",
+            RejectReason::Unsupported => "unsupported",
+            RejectReason::DatabaseRejected => "database_rejected",
+        }
+    }
+
+    pub const ALL: [RejectReason; 10] = [
+        RejectReason::InvalidJson,
+        RejectReason::UnknownSchema,
+        RejectReason::ValidationFailed,
+        RejectReason::TooLarge,
+        RejectReason::UnknownBrin,
+        RejectReason::EnvironmentMismatch,
+        RejectReason::EsisLabel,
+        RejectReason::RelinkRefused,
+        RejectReason::Unsupported,
+        RejectReason::DatabaseRejected,
+    ];
+}
+
+/// True when `brin` has the form of a BRIN: 2 digits, then 2 capital letters or digits.
+pub fn is_valid_brin(brin: &str) -> bool {
+    let b = brin.as_bytes();
+    b.len() == 4
+        && b[0].is_ascii_digit()
+        && b[1].is_ascii_digit()
+        && b[2..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+}
+
+/// The routing key a change message is published with.
+pub fn change_routing_key(msg: &LasChangeV1) -> String {
+    format!("las.{}.{}", msg.brin, msg.change.type_name())
+}
+
+/// The routing key a link message is published with.
+pub fn link_routing_key(msg: &PortalLinkV1) -> String {
+    format!("portal.{}.link", msg.brin)
+}
+
+/// Every published schema: (file stem, JSON Schema).
+///
+/// `las.change.v1` and `portal.link.v1` are message bodies (named by their
+/// `schema` field); `reject-reason.v1` describes the values of the
+/// [`dead_letter::REASON_CODE`] header.
+pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
+    let mut reject_reason = schemars::schema_for!(RejectReason);
+    reject_reason.insert("title".to_owned(), "reject-reason.v1".into());
+    vec![
+        ("las.change.v1", schemars::schema_for!(LasChangeV1)),
+        ("portal.link.v1", schemars::schema_for!(PortalLinkV1)),
+        ("reject-reason.v1", reject_reason),
+    ]
+}
+
+/// Renders a schema the way it is committed in `contracts/schema/`.
+pub fn render_schema(schema: &schemars::Schema) -> String {
+    let mut s = serde_json::to_string_pretty(schema).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brin_form() {
+        assert!(is_valid_brin("12AB"));
+        assert!(is_valid_brin("0099"));
+        assert!(!is_valid_brin("12ab"));
+        assert!(!is_valid_brin("AB12"));
+        assert!(!is_valid_brin("12ABC"));
+        assert!(!is_valid_brin(""));
+    }
+
+    #[test]
+    fn type_names_match_serde_tags() {
+        let v = serde_json::json!({"type": "student.removed", "las_key": "S1"});
+        let c: Change = serde_json::from_value(v).expect("parses");
+        assert_eq!(c.type_name(), "student.removed");
+        assert!(Change::TYPE_NAMES.contains(&c.type_name()));
+    }
+}

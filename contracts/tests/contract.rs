@@ -1,0 +1,458 @@
+//! Contract tests: the committed JSON Schemas are current, every example
+//! message is valid (against the schema and the Rust types), the examples
+//! cover every change type, and `asyncapi.yaml` names everything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use las_contracts::{Change, LasChangeV1, PortalLinkV1, dead_letter};
+use serde_json::Value;
+
+fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Files in `dir` whose name ends with `suffix`, sorted.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(suffix))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .expect("utf-8 file name")
+}
+
+/// The current schemas, by stem, as JSON values.
+fn schema_values() -> BTreeMap<&'static str, Value> {
+    las_contracts::schemas()
+        .into_iter()
+        .map(|(stem, schema)| (stem, serde_json::to_value(&schema).expect("schema as JSON")))
+        .collect()
+}
+
+struct Validators(HashMap<&'static str, jsonschema::Validator>);
+
+impl Validators {
+    fn new() -> Self {
+        let map = schema_values()
+            .into_iter()
+            .map(|(stem, schema)| {
+                let validator = jsonschema::options()
+                    .should_validate_formats(true)
+                    .should_ignore_unknown_formats(true)
+                    .build(&schema)
+                    .unwrap_or_else(|e| panic!("schema {stem} does not compile: {e}"));
+                (stem, validator)
+            })
+            .collect();
+        Self(map)
+    }
+
+    /// Validates `msg` against the schema its `schema` field names; the errors, if any.
+    fn errors(&self, msg: &Value) -> Vec<String> {
+        let Some(name) = msg.get("schema").and_then(Value::as_str) else {
+            return vec!["no \"schema\" field".to_owned()];
+        };
+        let Some(validator) = self.0.get(name) else {
+            return vec![format!("unknown schema {name:?}")];
+        };
+        validator
+            .iter_errors(msg)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect()
+    }
+}
+
+/// One example message and where it came from (`file` or `file:line`).
+struct Example {
+    origin: String,
+    file: String,
+    value: Value,
+}
+
+fn examples() -> Vec<Example> {
+    let dir = crate_dir().join("examples");
+    let mut out = Vec::new();
+    for path in files_ending(&dir, ".json") {
+        let value = serde_json::from_str(&read(&path))
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        out.push(Example {
+            origin: file_name(&path).to_owned(),
+            file: file_name(&path).to_owned(),
+            value,
+        });
+    }
+    for path in files_ending(&dir, ".ndjson") {
+        let text = read(&path);
+        let mut lines = 0;
+        for (i, line) in text.lines().enumerate() {
+            let origin = format!("{}:{}", file_name(&path), i + 1);
+            assert!(!line.trim().is_empty(), "{origin}: blank line in NDJSON");
+            let value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{origin} is not JSON: {e}"));
+            out.push(Example {
+                origin,
+                file: file_name(&path).to_owned(),
+                value,
+            });
+            lines += 1;
+        }
+        assert!(lines > 0, "{} is empty", path.display());
+    }
+    assert!(!out.is_empty(), "no examples in {}", dir.display());
+    out
+}
+
+fn schema_name(msg: &Value) -> &str {
+    msg.get("schema").and_then(Value::as_str).unwrap_or("")
+}
+
+#[test]
+fn committed_schemas_are_current() {
+    let dir = crate_dir().join("schema");
+    let mut expected = BTreeSet::new();
+    for (stem, schema) in las_contracts::schemas() {
+        let path = dir.join(format!("{stem}.json"));
+        let rendered = las_contracts::render_schema(&schema);
+        let committed = fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == rendered,
+            "{} is missing or differs from what the Rust types generate; run `make schema` \
+             (cargo run -p las-contracts --bin gen-schema) and commit the result",
+            path.display()
+        );
+        expected.insert(format!("{stem}.json"));
+    }
+    for path in files_ending(&dir, ".json") {
+        assert!(
+            expected.contains(file_name(&path)),
+            "{} is not generated by las_contracts::schemas(); remove it or run `make schema`",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn examples_are_valid() {
+    let validators = Validators::new();
+    let mut ids = HashMap::new();
+    for ex in examples() {
+        let origin = &ex.origin;
+        let errors = validators.errors(&ex.value);
+        assert!(
+            errors.is_empty(),
+            "{origin} does not match its schema:\n  {}",
+            errors.join("\n  ")
+        );
+        let reserialized = match schema_name(&ex.value) {
+            "las.change.v1" => {
+                let msg: LasChangeV1 = serde_json::from_value(ex.value.clone())
+                    .unwrap_or_else(|e| panic!("{origin} is not a LasChangeV1: {e}"));
+                assert!(las_contracts::is_valid_brin(&msg.brin), "{origin}: BRIN");
+                assert!(msg.version >= 1, "{origin}: version must be positive");
+                assert!(
+                    Change::TYPE_NAMES.contains(&msg.change.type_name()),
+                    "{origin}: type"
+                );
+                assert_eq!(
+                    las_contracts::change_routing_key(&msg),
+                    format!("las.{}.{}", msg.brin, msg.change.type_name())
+                );
+                ids.entry(msg.message_id)
+                    .and_modify(|first: &mut String| {
+                        panic!(
+                            "{origin}: message_id {} already used in {first}",
+                            msg.message_id
+                        )
+                    })
+                    .or_insert_with(|| origin.clone());
+                serde_json::to_value(&msg).expect("serialize LasChangeV1")
+            }
+            "portal.link.v1" => {
+                assert!(
+                    !ex.file.ends_with(".ndjson"),
+                    "{origin}: NDJSON school files hold only las.change.v1 messages"
+                );
+                let msg: PortalLinkV1 = serde_json::from_value(ex.value.clone())
+                    .unwrap_or_else(|e| panic!("{origin} is not a PortalLinkV1: {e}"));
+                assert!(las_contracts::is_valid_brin(&msg.brin), "{origin}: BRIN");
+                ids.entry(msg.message_id)
+                    .and_modify(|first: &mut String| {
+                        panic!(
+                            "{origin}: message_id {} already used in {first}",
+                            msg.message_id
+                        )
+                    })
+                    .or_insert_with(|| origin.clone());
+                serde_json::to_value(&msg).expect("serialize PortalLinkV1")
+            }
+            other => panic!("{origin}: example of unexpected schema {other:?}"),
+        };
+        // What the Rust types write must match the schema too.
+        let errors = validators.errors(&reserialized);
+        assert!(
+            errors.is_empty(),
+            "{origin} re-serialized from the Rust type does not match its schema:\n  {}",
+            errors.join("\n  ")
+        );
+    }
+}
+
+/// Every change example comes from the LAS environment of a linked example school (R6).
+#[test]
+fn change_examples_come_from_linked_environments() {
+    let all = examples();
+    let links: Vec<PortalLinkV1> = all
+        .iter()
+        .filter(|ex| schema_name(&ex.value) == "portal.link.v1")
+        .map(|ex| serde_json::from_value(ex.value.clone()).expect("link example parses"))
+        .collect();
+    assert!(!links.is_empty(), "no portal.link.v1 example");
+    for ex in all
+        .iter()
+        .filter(|ex| schema_name(&ex.value) == "las.change.v1")
+    {
+        let msg: LasChangeV1 = serde_json::from_value(ex.value.clone()).expect("parses");
+        let linked = links.iter().any(|l| {
+            l.brin == msg.brin
+                && l.system == msg.source.system
+                && l.environment_id == msg.source.environment_id
+                && l.label == msg.source.label
+        });
+        assert!(
+            linked,
+            "{}: no link example for BRIN {} / {} environment {:?} label {:?}",
+            ex.origin,
+            msg.brin,
+            msg.source.system.as_str(),
+            msg.source.environment_id,
+            msg.source.label
+        );
+    }
+}
+
+/// In a school file, versions start at 1 per entity and only go up, and the
+/// groups, students and guardians a message refers to were published before it.
+#[test]
+fn school_files_are_consistent() {
+    let dir = crate_dir().join("examples");
+    let files = files_ending(&dir, ".ndjson");
+    assert!(!files.is_empty(), "no school NDJSON files");
+    for path in files {
+        let name = file_name(&path);
+        let mut versions: HashMap<(String, String), u64> = HashMap::new();
+        let mut groups = HashSet::new();
+        let mut students = HashSet::new();
+        let mut brins = HashSet::new();
+        for (i, line) in read(&path).lines().enumerate() {
+            let origin = format!("{name}:{}", i + 1);
+            let msg: LasChangeV1 = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{origin} is not a LasChangeV1: {e}"));
+            brins.insert(msg.brin.clone());
+            let kind = msg
+                .change
+                .type_name()
+                .split('.')
+                .next()
+                .expect("type has a kind")
+                .to_owned();
+            let key = msg.change.las_key().unwrap_or("").to_owned();
+            match versions.get(&(kind.clone(), key.clone())) {
+                None => assert_eq!(msg.version, 1, "{origin}: first version of {kind} {key}"),
+                Some(&prev) => assert!(msg.version > prev, "{origin}: version not increasing"),
+            }
+            versions.insert((kind, key), msg.version);
+            let known = |set: &HashSet<String>, keys: &Option<Vec<String>>, what: &str| {
+                for k in keys.iter().flatten() {
+                    assert!(set.contains(k), "{origin}: {what} {k} not published before");
+                }
+            };
+            match &msg.change {
+                Change::GroupUpserted(g) => {
+                    known(&groups, &g.year_group_keys, "year group");
+                    known(&students, &g.student_keys, "student");
+                    groups.insert(g.las_key.clone());
+                }
+                Change::StudentUpserted(s) => {
+                    known(&groups, &s.group_keys, "group");
+                    students.insert(s.las_key.clone());
+                }
+                Change::GuardianUpserted(g) => known(&students, &g.student_keys, "student"),
+                Change::StaffUpserted(s) => known(&groups, &s.group_keys, "group"),
+                _ => {}
+            }
+        }
+        assert_eq!(brins.len(), 1, "{name}: one school per file");
+    }
+}
+
+#[test]
+fn examples_cover_every_change_type() {
+    let dir = crate_dir().join("examples");
+    let mut covered = BTreeSet::new();
+    for ex in examples() {
+        if let Some(t) = ex.value.pointer("/change/type").and_then(Value::as_str) {
+            covered.insert(t.to_owned());
+        }
+    }
+    let single_files: Vec<String> = files_ending(&dir, ".json")
+        .iter()
+        .map(|p| file_name(p).to_owned())
+        .collect();
+    for t in Change::TYPE_NAMES {
+        assert!(covered.contains(t), "no example message of type {t}");
+        assert!(
+            single_files
+                .iter()
+                .any(|f| f == &format!("{t}.json") || f.starts_with(&format!("{t}."))),
+            "no examples/{t}.json (or {t}.<variant>.json)"
+        );
+    }
+    for kind in ["year", "class", "subclass", "group"] {
+        let found = examples().iter().any(|ex| {
+            ex.value.pointer("/change/type").and_then(Value::as_str) == Some("group.upserted")
+                && ex.value.pointer("/change/kind").and_then(Value::as_str) == Some(kind)
+        });
+        assert!(found, "no group.upserted example of kind {kind}");
+    }
+    for system in ["parnassys", "esis"] {
+        assert!(
+            single_files.contains(&format!("link.{system}.json")),
+            "no examples/link.{system}.json"
+        );
+    }
+}
+
+fn student_example() -> Value {
+    let path = crate_dir().join("examples/student.upserted.json");
+    serde_json::from_str(&read(&path)).expect("student example is JSON")
+}
+
+#[test]
+fn invalid_messages_fail_schema_validation() {
+    let validators = Validators::new();
+    let good = student_example();
+    assert!(validators.errors(&good).is_empty(), "base example is valid");
+
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let mut m = good.clone();
+    m["brin"] = "12ab".into();
+    cases.push(("lower-case BRIN", m));
+    let mut m = good.clone();
+    m["brin"] = "123AB".into();
+    cases.push(("5-character BRIN", m));
+    let mut m = good.clone();
+    m["change"]
+        .as_object_mut()
+        .expect("change object")
+        .remove("las_key");
+    cases.push(("missing las_key", m));
+    let mut m = good.clone();
+    m["change"]["type"] = "student.deleted".into();
+    cases.push(("unknown change type", m));
+    let mut m = good.clone();
+    m["message_id"] = "not-a-uuid".into();
+    cases.push(("bad message_id", m));
+    let mut m = good.clone();
+    m["emitted_at"] = "24-08-2026 07:15".into();
+    cases.push(("bad emitted_at", m));
+    let mut m = good.clone();
+    m["version"] = (-1).into();
+    cases.push(("negative version", m));
+    let mut m = good.clone();
+    m["source"]["system"] = "somtoday".into();
+    cases.push(("unknown LAS system", m));
+    let mut m = good.clone();
+    m["change"]["birth_date"] = "15-01-2023".into();
+    cases.push(("bad birth_date", m));
+    let mut m = good.clone();
+    m.as_object_mut().expect("object").remove("source");
+    cases.push(("missing source", m));
+    let mut m = good;
+    m["schema"] = "las.change.v9".into();
+    cases.push(("unknown schema", m));
+
+    for (what, msg) in cases {
+        assert!(
+            !validators.errors(&msg).is_empty(),
+            "{what}: schema validation should fail for {msg}"
+        );
+    }
+    assert!(!las_contracts::is_valid_brin("12ab"));
+}
+
+#[test]
+fn reject_reasons_match_their_schema() {
+    let schema = schema_values()
+        .remove("reject-reason.v1")
+        .expect("reject-reason.v1 schema");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    for reason in las_contracts::RejectReason::ALL {
+        let wire = serde_json::to_value(reason).expect("serialize");
+        assert_eq!(wire, Value::from(reason.as_str()));
+        assert!(validator.is_valid(&wire), "{wire} not in schema");
+    }
+    assert!(!validator.is_valid(&Value::from("no_such_reason")));
+}
+
+#[test]
+fn asyncapi_mentions_everything() {
+    let text = read(&crate_dir().join("asyncapi.yaml"));
+    assert!(
+        text.starts_with("asyncapi: 3.0.0"),
+        "AsyncAPI 3.0.0 document"
+    );
+    let mut names: Vec<String> = Change::TYPE_NAMES.iter().map(|t| (*t).to_owned()).collect();
+    names.extend(
+        las_contracts::schemas()
+            .iter()
+            .map(|(stem, _)| format!("./schema/{stem}.json")),
+    );
+    names.extend(
+        las_contracts::RejectReason::ALL
+            .iter()
+            .map(|r| r.as_str().to_owned()),
+    );
+    for s in [
+        dead_letter::REASON_CODE,
+        dead_letter::REASON,
+        dead_letter::ORIGINAL_EXCHANGE,
+        dead_letter::ORIGINAL_ROUTING_KEY,
+        dead_letter::REJECTED_AT,
+        dead_letter::MESSAGE_ID,
+        las_contracts::LAS_CHANGES_EXCHANGE,
+        las_contracts::PORTAL_REQUESTS_EXCHANGE,
+        las_contracts::DEAD_LETTER_EXCHANGE,
+        las_contracts::DEAD_LETTER_QUEUE,
+        las_contracts::CHANGES_QUEUE,
+        las_contracts::PORTAL_QUEUE,
+        las_contracts::ESIS_PORTAL_LABEL,
+    ] {
+        names.push(s.to_owned());
+    }
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !text.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "contracts/asyncapi.yaml does not mention {missing:?}"
+    );
+}

@@ -1,0 +1,415 @@
+//! RabbitMQ through lapin: topology, the consumer with its own reconnect loop,
+//! batching, dead-lettering with publisher confirms, and acknowledgements.
+//!
+//! Acks only after the batch's transaction committed and its dead letters
+//! were confirmed by the broker, always through the acker of the delivery
+//! itself, so a tag is never acknowledged on another channel than the one
+//! that delivered it. After a reconnect the old deliveries are dropped and
+//! the broker redelivers them; the message-id dedupe makes that harmless.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use las_contracts::{
+    CHANGES_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, LAS_CHANGES_EXCHANGE, PORTAL_QUEUE,
+    PORTAL_REQUESTS_EXCHANGE, dead_letter,
+};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::inbound::Rejection;
+use crate::pipeline::{Disposition, Pipeline, transient_backoff};
+
+/// A broker failure. All of them are transient: the consumer reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    ConsumerEnded,
+    #[error("the broker refused a dead letter (publisher nack)")]
+    DeadLetterNacked,
+}
+
+/// Which of the worker's queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    Changes,
+    Portal,
+}
+
+impl QueueKind {
+    pub fn queue(self) -> &'static str {
+        match self {
+            QueueKind::Changes => CHANGES_QUEUE,
+            QueueKind::Portal => PORTAL_QUEUE,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            QueueKind::Changes => "changes",
+            QueueKind::Portal => "portal",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    pub url: String,
+    pub prefetch: u16,
+    pub batch_size: usize,
+    pub batch_max_wait: Duration,
+    pub delivery_limit: i64,
+}
+
+/// Readiness flags shared with `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub changes_up: AtomicBool,
+    pub portal_up: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+impl Health {
+    fn set(&self, kind: QueueKind, up: bool) {
+        match kind {
+            QueueKind::Changes => self.changes_up.store(up, Ordering::SeqCst),
+            QueueKind::Portal => self.portal_up.store(up, Ordering::SeqCst),
+        }
+    }
+
+    pub fn consumers_up(&self) -> bool {
+        self.changes_up.load(Ordering::SeqCst) && self.portal_up.load(Ordering::SeqCst)
+    }
+}
+
+fn s(v: &str) -> ShortString {
+    v.into()
+}
+
+fn ls(v: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
+}
+
+/// Declares exchanges, queues and bindings; idempotent, so the worker runs
+/// on an empty broker and every replica may do it at start.
+pub async fn declare_topology(ch: &Channel, delivery_limit: i64) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(
+        s(LAS_CHANGES_EXCHANGE),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        s(PORTAL_REQUESTS_EXCHANGE),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        s(DEAD_LETTER_EXCHANGE),
+        ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+
+    let qopts = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut dl_args = FieldTable::default();
+    dl_args.insert(s("x-queue-type"), ls("quorum"));
+    ch.queue_declare(s(DEAD_LETTER_QUEUE), qopts, dl_args)
+        .await?;
+    ch.queue_bind(
+        s(DEAD_LETTER_QUEUE),
+        s(DEAD_LETTER_EXCHANGE),
+        s(""),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+
+    for (queue, exchange, key) in [
+        (CHANGES_QUEUE, LAS_CHANGES_EXCHANGE, "las.#"),
+        (PORTAL_QUEUE, PORTAL_REQUESTS_EXCHANGE, "portal.#"),
+    ] {
+        let mut args = FieldTable::default();
+        args.insert(s("x-queue-type"), ls("quorum"));
+        args.insert(
+            s("x-delivery-limit"),
+            AMQPValue::LongLongInt(delivery_limit),
+        );
+        args.insert(s("x-dead-letter-exchange"), ls(DEAD_LETTER_EXCHANGE));
+        args.insert(s("x-dead-letter-strategy"), ls("at-least-once"));
+        args.insert(s("x-overflow"), ls("reject-publish"));
+        ch.queue_declare(s(queue), qopts, args).await?;
+        ch.queue_bind(
+            s(queue),
+            s(exchange),
+            s(key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(name.as_bytes().to_vec()));
+    Connection::connect(url, props).await
+}
+
+/// Runs one queue's consumer until shutdown, reconnecting with backoff.
+pub async fn run_consumer(
+    kind: QueueKind,
+    settings: BusSettings,
+    pipeline: Pipeline,
+    health: Arc<Health>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let metrics = pipeline.metrics().clone();
+    let mut backoff = transient_backoff().build();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        let result = session(kind, &settings, &pipeline, &health, shutdown.clone()).await;
+        health.set(kind, false);
+        metrics
+            .consumer_up
+            .with_label_values(&[kind.label()])
+            .set(0);
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = transient_backoff().build();
+                }
+                metrics.retries.with_label_values(&["broker"]).inc();
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                warn!(queue = kind.queue(), error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+                let mut sd = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = sd.changed() => {}
+                }
+            }
+        }
+    }
+    info!(queue = kind.queue(), "consumer stopped");
+}
+
+async fn session(
+    kind: QueueKind,
+    settings: &BusSettings,
+    pipeline: &Pipeline,
+    health: &Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    let metrics = pipeline.metrics();
+    let conn = connect(&settings.url, &format!("las-worker {}", kind.label())).await?;
+    metrics.connections.with_label_values(&[kind.label()]).inc();
+    let ch = conn.create_channel().await?;
+    declare_topology(&ch, settings.delivery_limit).await?;
+    ch.basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    let dl = conn.create_channel().await?;
+    dl.confirm_select(ConfirmSelectOptions::default()).await?;
+    let tag = format!("las-worker-{}-{}", kind.label(), uuid::Uuid::new_v4());
+    let mut consumer = ch
+        .basic_consume(
+            s(kind.queue()),
+            s(&tag),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    health.set(kind, true);
+    metrics
+        .consumer_up
+        .with_label_values(&[kind.label()])
+        .set(1);
+    info!(
+        queue = kind.queue(),
+        prefetch = settings.prefetch,
+        batch_size = settings.batch_size,
+        "consuming"
+    );
+
+    let batch_size = settings.batch_size.max(1);
+    let mut batch: Vec<Delivery> = Vec::with_capacity(batch_size);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.changed() => None,
+            d = consumer.next() => Some(d),
+        };
+        let Some(first) = first else {
+            // Shutdown: stop deliveries; unprocessed prefetched messages go back
+            // to the queue when the channel closes.
+            let _ = ch
+                .basic_cancel(s(&tag), BasicCancelOptions::default())
+                .await;
+            let _ = ch.close(200, s("shutdown")).await;
+            let _ = conn.close(200, s("shutdown")).await;
+            return Ok(());
+        };
+        match first {
+            None => return Err(BusError::ConsumerEnded),
+            Some(d) => batch.push(d?),
+        }
+        let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
+        while batch.len() < batch_size {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Err(_) => break,
+                Ok(None) => return Err(BusError::ConsumerEnded),
+                Ok(Some(d)) => batch.push(d?),
+            }
+        }
+        let started = Instant::now();
+        let done = handle_batch(&batch, pipeline, &dl, &shutdown).await?;
+        metrics
+            .batch_size
+            .with_label_values(&[kind.label()])
+            .observe(batch.len() as f64);
+        metrics
+            .batch_seconds
+            .with_label_values(&[kind.label()])
+            .observe(started.elapsed().as_secs_f64());
+        batch.clear();
+        if !done {
+            // Interrupted by shutdown while the database was down: leave the
+            // batch unacknowledged; the broker redelivers it.
+            let _ = ch.close(200, s("shutdown")).await;
+            let _ = conn.close(200, s("shutdown")).await;
+            return Ok(());
+        }
+    }
+}
+
+/// Applies a batch, dead-letters the rejected messages with confirms, then
+/// acknowledges the whole batch with one multiple ack. Returns false when
+/// shutdown interrupted it before commit (nothing acknowledged).
+async fn handle_batch(
+    batch: &[Delivery],
+    pipeline: &Pipeline,
+    dl: &Channel,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<bool, BusError> {
+    let bodies: Vec<&[u8]> = batch.iter().map(|d| d.data.as_slice()).collect();
+    let Ok(dispositions) = pipeline.process(&bodies, shutdown).await else {
+        return Ok(false);
+    };
+    let mut confirms = Vec::new();
+    for (d, disp) in batch.iter().zip(&dispositions) {
+        if let Disposition::DeadLetter(r) = disp {
+            confirms.push(publish_dead_letter(dl, d, r).await?);
+        }
+    }
+    for c in confirms {
+        let conf = c.await?;
+        if conf.is_nack() {
+            error!("broker refused a dead letter; the batch will be redelivered");
+            return Err(BusError::DeadLetterNacked);
+        }
+    }
+    if let Some(last) = batch.last() {
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(true)
+}
+
+async fn publish_dead_letter(
+    dl: &Channel,
+    d: &Delivery,
+    r: &Rejection,
+) -> Result<lapin::PublisherConfirm, BusError> {
+    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    headers.insert(s(dead_letter::REASON_CODE), ls(r.reason.as_str()));
+    headers.insert(s(dead_letter::REASON), ls(&r.text));
+    headers.insert(s(dead_letter::ORIGINAL_EXCHANGE), ls(d.exchange.as_str()));
+    headers.insert(
+        s(dead_letter::ORIGINAL_ROUTING_KEY),
+        ls(d.routing_key.as_str()),
+    );
+    headers.insert(
+        s(dead_letter::REJECTED_AT),
+        ls(&chrono::Utc::now().to_rfc3339()),
+    );
+    if let Some(id) = r.message_id {
+        headers.insert(s(dead_letter::MESSAGE_ID), ls(&id.to_string()));
+    }
+    let mut props = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(ct) = d.properties.content_type() {
+        props = props.with_content_type(ct.clone());
+    }
+    Ok(dl
+        .basic_publish(
+            s(DEAD_LETTER_EXCHANGE),
+            d.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &d.data,
+            props,
+        )
+        .await?)
+}
+
+/// Publishes messages with publisher confirms (the `publish` command, the demo
+/// and the tests). Returns how many the broker confirmed.
+pub async fn publish_all(
+    url: &str,
+    messages: &[(String, String, Vec<u8>)],
+) -> Result<usize, BusError> {
+    let conn = connect(url, "las-worker publish").await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut confirms = Vec::with_capacity(messages.len());
+    for (exchange, key, body) in messages {
+        let props = BasicProperties::default()
+            .with_content_type(s("application/json"))
+            .with_delivery_mode(2);
+        confirms.push(
+            ch.basic_publish(
+                s(exchange),
+                s(key),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?,
+        );
+    }
+    let mut n = 0;
+    for c in confirms {
+        if c.await?.is_ack() {
+            n += 1;
+        }
+    }
+    let _ = ch.close(200, s("done")).await;
+    let _ = conn.close(200, s("done")).await;
+    Ok(n)
+}

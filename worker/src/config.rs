@@ -1,0 +1,257 @@
+//! Typed configuration: every setting is a flag with an environment variable
+//! behind it and a default that works on a developer machine. Validated at
+//! start; passwords never appear in Debug output or logs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A connection URL whose password is redacted wherever it is shown.
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl std::str::FromStr for SecretUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !s.contains("://") {
+            return Err("expected a URL such as scheme://user:password@host:port/path".into());
+        }
+        Ok(SecretUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password part of `scheme://user:password@host` with `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "las-worker",
+    version,
+    about = "Keeps school-parent portals in sync with ParnasSys and ESIS (LAS -> portal)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// PostgreSQL URL of the portal database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/las_worker",
+        global = true
+    )]
+    pub database_url: SecretUrl,
+    /// Log format: json (default, for log shippers) or pretty.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `las_worker=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
+    pub log_filter: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the consumer: apply LAS changes and portal requests from RabbitMQ.
+    #[command(
+        after_help = "Example:\n  AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f las-worker run"
+    )]
+    Run(RunArgs),
+    /// Create the database if needed and apply the migrations, then exit.
+    Migrate,
+    /// Print the portal profile for one LAS key as JSON (exit 1 when there is none).
+    #[command(
+        after_help = "Example:\n  las-worker show --brin 12AB --kind guardian --las-key G-1001"
+    )]
+    Show(ShowArgs),
+    /// Publish JSON messages (one per file, or one per line in .ndjson files) with publisher confirms.
+    #[command(
+        after_help = "Example:\n  las-worker publish contracts/examples/link.parnassys.json contracts/examples/school-12AB.ndjson"
+    )]
+    Publish(PublishArgs),
+    /// Print profile counts per school, kind and status.
+    Summary,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL; the vhost is the URL path (`%2f` is `/`).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: SecretUrl,
+    /// Deliveries of one message before the broker dead-letters it (x-delivery-limit
+    /// on the worker's quorum queues; every process that declares them must agree).
+    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = 20)]
+    pub delivery_limit: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Address of the HTTP endpoints /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Unacknowledged deliveries the broker may send ahead (per queue).
+    #[arg(long, env = "PREFETCH", default_value_t = 500)]
+    pub prefetch: u16,
+    /// Messages applied in one transaction at most.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 200)]
+    pub batch_size: usize,
+    /// How long a batch waits to fill before it is applied anyway.
+    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 20)]
+    pub batch_max_wait_ms: u64,
+    /// Database connections in the pool.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub db_max_connections: u32,
+}
+
+impl RunArgs {
+    /// Checks the settings against each other; the error says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.prefetch == 0 {
+            return Err("PREFETCH must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.batch_size > 5000 {
+            return Err("BATCH_SIZE must be between 1 and 5000".into());
+        }
+        if self.batch_size > self.prefetch as usize {
+            return Err(format!(
+                "BATCH_SIZE ({}) is larger than PREFETCH ({}): a batch could never fill; raise PREFETCH or lower BATCH_SIZE",
+                self.batch_size, self.prefetch
+            ));
+        }
+        if self.batch_max_wait_ms > 60_000 {
+            return Err("BATCH_MAX_WAIT_MS must be at most 60000".into());
+        }
+        if self.broker.delivery_limit < 1 {
+            return Err("DELIVERY_LIMIT must be at least 1".into());
+        }
+        if self.db_max_connections == 0 {
+            return Err("DB_MAX_CONNECTIONS must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    #[arg(long)]
+    pub brin: String,
+    #[arg(long, value_parser = ["student", "guardian", "staff"])]
+    pub kind: String,
+    #[arg(long)]
+    pub las_key: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// JSON files (one message each) or NDJSON files (one message per line).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact("postgres://app:s3cr3t@db/portal"),
+            "postgres://app:***@db/portal"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
+        let u: SecretUrl = "postgres://app:s3cr3t@db/portal".parse().expect("url");
+        assert!(!format!("{u:?} {u}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn batch_larger_than_prefetch_is_refused() {
+        let cli = Cli::try_parse_from([
+            "las-worker",
+            "run",
+            "--prefetch",
+            "10",
+            "--batch-size",
+            "50",
+        ])
+        .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("run expected")
+        };
+        assert!(run.validate().is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,267 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use las_worker::bus::{self, BusSettings, Health, QueueKind};
+use las_worker::config::{Cli, Command, PublishArgs, RunArgs, SecretUrl};
+use las_worker::metrics::Metrics;
+use las_worker::pipeline::Pipeline;
+use las_worker::rules::ProfileKind;
+use las_worker::store::Store;
+use las_worker::{http, telemetry};
+use sqlx::migrate::MigrateDatabase;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.common.log_format, &cli.common.log_filter);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "las-worker failed");
+            eprintln!("las-worker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let db = &cli.common.database_url;
+    match cli.command {
+        Command::Run(args) => run(db, args).await,
+        Command::Migrate => {
+            let store = open_store(db, 2, true).await?;
+            store.migrate().await?;
+            info!(database = %db, "migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show(args) => {
+            let store = open_store(db, 1, false).await?;
+            let Some(kind) = ProfileKind::parse(&args.kind) else {
+                bail!("unknown kind {}", args.kind)
+            };
+            match store.show_profile(&args.brin, kind, &args.las_key).await? {
+                Some(view) => {
+                    println!("{}", serde_json::to_string_pretty(&view)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Ok(ExitCode::from(1)),
+            }
+        }
+        Command::Publish(args) => publish(args).await,
+        Command::Summary => {
+            let store = open_store(db, 1, false).await?;
+            println!(
+                "{:<6} {:<9} {:<12} {:>6}",
+                "brin", "kind", "status", "count"
+            );
+            for (brin, kind, status, n) in store.summary().await? {
+                println!("{brin:<6} {kind:<9} {status:<12} {n:>6}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Connects to the database, creating it first when asked and missing.
+async fn open_store(url: &SecretUrl, max_connections: u32, create: bool) -> anyhow::Result<Store> {
+    if create
+        && !sqlx::Postgres::database_exists(url.expose())
+            .await
+            .unwrap_or(true)
+    {
+        sqlx::Postgres::create_database(url.expose())
+            .await
+            .with_context(|| format!("creating database {url}"))?;
+        info!(database = %url, "database created");
+    }
+    Store::connect(url.expose(), max_connections)
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Err(e) = args.validate() {
+        eprintln!("las-worker: invalid configuration: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    info!(database = %db, broker = %args.broker.amqp_url, metrics_addr = %args.metrics_addr, prefetch = args.prefetch,
+        batch_size = args.batch_size, batch_max_wait_ms = args.batch_max_wait_ms, "starting las-worker");
+    let (tx, rx) = watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+
+    // The database may come up after the worker: wait for it with backoff.
+    let mut backoff = backon::BackoffBuilder::build(las_worker::pipeline::transient_backoff());
+    let store = loop {
+        let attempt = async {
+            let store = open_store(db, args.db_max_connections, true).await?;
+            store.migrate().await?;
+            anyhow::Ok(store)
+        };
+        match attempt.await {
+            Ok(store) => break store,
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "database not ready; retrying"
+                );
+                let mut sd = rx.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {},
+                    _ = sd.wait_for(|v| *v) => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
+    };
+
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let pipeline = Pipeline::new(store.clone(), metrics.clone());
+    let router = http::router(metrics.clone(), health.clone(), store.clone());
+    let listener_addr = args.metrics_addr;
+    let http_rx = rx.clone();
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = http::serve(listener_addr, router, http_rx).await {
+            error!(error = %e, addr = %listener_addr, "HTTP endpoints failed");
+        }
+    });
+    let settings = BusSettings {
+        url: args.broker.amqp_url.expose().to_owned(),
+        prefetch: args.prefetch,
+        batch_size: args.batch_size,
+        batch_max_wait: args.batch_max_wait(),
+        delivery_limit: args.broker.delivery_limit,
+    };
+    let changes = tokio::spawn(bus::run_consumer(
+        QueueKind::Changes,
+        settings.clone(),
+        pipeline.clone(),
+        health.clone(),
+        rx.clone(),
+    ));
+    let portal = tokio::spawn(bus::run_consumer(
+        QueueKind::Portal,
+        settings,
+        pipeline,
+        health.clone(),
+        rx.clone(),
+    ));
+
+    let mut sd = rx.clone();
+    let _ = sd.wait_for(|v| *v).await;
+    health.draining.store(true, Ordering::SeqCst);
+    info!("shutdown requested: finishing the batch in flight");
+    let drained = tokio::time::timeout(Duration::from_secs(25), async {
+        let _ = changes.await;
+        let _ = portal.await;
+    })
+    .await;
+    if drained.is_err() {
+        warn!("consumers did not stop within 25 s; unacknowledged messages will be redelivered");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    signal.abort();
+    store.pool().close().await;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes message files: `.json` holds one message, `.ndjson` one per line.
+async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let mut messages = Vec::new();
+    for path in &args.files {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let bodies: Vec<&str> = if path.extension().is_some_and(|e| e == "ndjson") {
+            text.lines().filter(|l| !l.trim().is_empty()).collect()
+        } else {
+            vec![text.as_str()]
+        };
+        for (n, body) in bodies.into_iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(body)
+                .with_context(|| format!("{} message {}: not JSON", path.display(), n + 1))?;
+            let (exchange, key) =
+                route(&v).with_context(|| format!("{} message {}", path.display(), n + 1))?;
+            messages.push((exchange, key, body.trim().as_bytes().to_vec()));
+        }
+    }
+    let url = args.broker.amqp_url.expose();
+    {
+        let conn = bus::connect(url, "las-worker publish (topology)").await?;
+        let ch = conn.create_channel().await?;
+        bus::declare_topology(&ch, args.broker.delivery_limit).await?;
+        let _ = conn.close(200, "done".into()).await;
+    }
+    let confirmed = bus::publish_all(url, &messages).await?;
+    println!(
+        "published {confirmed} of {} messages (confirmed by the broker)",
+        messages.len()
+    );
+    Ok(if confirmed == messages.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The exchange and routing key of a message, from its own fields.
+fn route(v: &serde_json::Value) -> anyhow::Result<(String, String)> {
+    let brin = v.get("brin").and_then(|b| b.as_str()).unwrap_or("unknown");
+    match v.get("schema").and_then(|s| s.as_str()) {
+        Some("las.change.v1") => {
+            let ty = v
+                .pointer("/change/type")
+                .and_then(|t| t.as_str())
+                .unwrap_or("unknown");
+            Ok((
+                las_contracts::LAS_CHANGES_EXCHANGE.into(),
+                format!("las.{brin}.{ty}"),
+            ))
+        }
+        Some("portal.link.v1") => Ok((
+            las_contracts::PORTAL_REQUESTS_EXCHANGE.into(),
+            format!("portal.{brin}.link"),
+        )),
+        other => bail!("unknown schema {other:?}; expected las.change.v1 or portal.link.v1"),
+    }
+}

@@ -1,0 +1,245 @@
+//! The batch pipeline: bodies in, one disposition per body out.
+//!
+//! Parse and validate each body, apply the valid ones in one transaction,
+//! retry transient failures with backoff (never dead-letter because of
+//! them), and isolate a message the database refuses so it cannot hold up its
+//! neighbours. Transport-agnostic: the AMQP consumer and `import` share it.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use las_contracts::RejectReason;
+use tokio::sync::watch;
+use tracing::{debug, info, info_span, warn};
+
+use crate::inbound::{self, Inbound, Rejection};
+use crate::metrics::Metrics;
+use crate::store::{BatchEffects, MessageOutcome, Store, StoreError};
+
+/// What to do with a delivery once its batch is committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Applied, duplicate or stale: acknowledge.
+    Done(&'static str),
+    /// Move to the dead-letter queue with this reason, then acknowledge.
+    DeadLetter(Rejection),
+}
+
+/// Shutdown was requested while the batch waited for the database; nothing
+/// was committed and nothing may be acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by shutdown before the batch could be committed")]
+pub struct Interrupted;
+
+#[derive(Clone)]
+pub struct Pipeline {
+    store: Store,
+    metrics: Metrics,
+    backoff: ExponentialBuilder,
+}
+
+/// Backoff for transient failures: 100 ms doubling to 30 s, with jitter, forever.
+pub fn transient_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(30))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
+
+impl Pipeline {
+    pub fn new(store: Store, metrics: Metrics) -> Self {
+        Pipeline {
+            store,
+            metrics,
+            backoff: transient_backoff(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Processes a batch of message bodies. Returns one disposition per body,
+    /// or `Interrupted` when shutdown came while the database was unavailable.
+    pub async fn process(
+        &self,
+        bodies: &[&[u8]],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Vec<Disposition>, Interrupted> {
+        let parsed: Vec<Result<Inbound, Rejection>> =
+            bodies.iter().map(|b| inbound::parse(b)).collect();
+        let valid: Vec<(usize, Inbound)> = parsed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().ok().map(|m| (i, m.clone())))
+            .collect();
+        let mut out: Vec<Option<Disposition>> = parsed
+            .iter()
+            .map(|p| match p {
+                Ok(_) => None,
+                Err(r) => {
+                    self.record_rejection("unknown", r);
+                    Some(Disposition::DeadLetter(r.clone()))
+                }
+            })
+            .collect();
+
+        if !valid.is_empty() {
+            let msgs: Vec<Inbound> = valid.iter().map(|(_, m)| m.clone()).collect();
+            let results = match self.apply_with_retry(&msgs, shutdown).await? {
+                Ok(outcomes) => outcomes,
+                Err(_) if msgs.len() > 1 => {
+                    // Isolate: one message the database refuses must not take its
+                    // neighbours down. Apply one by one; dead-letter only the bad one.
+                    warn!(
+                        batch = msgs.len(),
+                        "database refused a batch; applying its messages one by one"
+                    );
+                    let mut outcomes = Vec::with_capacity(msgs.len());
+                    for m in &msgs {
+                        match self
+                            .apply_with_retry(std::slice::from_ref(m), shutdown)
+                            .await?
+                        {
+                            Ok(mut o) => outcomes.push(o.pop().unwrap_or(MessageOutcome::Stale)),
+                            Err(e) => outcomes.push(refused(m, &e)),
+                        }
+                    }
+                    outcomes
+                }
+                Err(e) => vec![refused(&msgs[0], &e)],
+            };
+            let now = chrono::Utc::now();
+            for ((i, m), outcome) in valid.iter().zip(results) {
+                let span = info_span!("message", message_id = %m.message_id(), brin = m.brin(), r#type = m.type_name());
+                let _enter = span.enter();
+                self.metrics
+                    .messages
+                    .with_label_values(&[m.type_name(), outcome.label()])
+                    .inc();
+                out[*i] = Some(match outcome {
+                    MessageOutcome::Applied { decisions } => {
+                        for d in &decisions {
+                            self.metrics
+                                .decisions
+                                .with_label_values(&[d.rule.as_str(), d.action.as_str()])
+                                .inc();
+                        }
+                        if let Inbound::Change(c) = m {
+                            let lag =
+                                (now - c.emitted_at).num_milliseconds().max(0) as f64 / 1000.0;
+                            self.metrics
+                                .lag_seconds
+                                .with_label_values(&[m.type_name()])
+                                .observe(lag);
+                        }
+                        debug!(outcome = "applied", decisions = ?decisions.iter().map(|d| d.code()).collect::<Vec<_>>(), "message applied");
+                        Disposition::Done("applied")
+                    }
+                    MessageOutcome::Duplicate => {
+                        debug!(outcome = "duplicate", "message already applied");
+                        Disposition::Done("duplicate")
+                    }
+                    MessageOutcome::Stale => {
+                        debug!(
+                            outcome = "stale",
+                            "older version than the one applied; nothing changed"
+                        );
+                        Disposition::Done("stale")
+                    }
+                    MessageOutcome::Rejected(r) => {
+                        self.record_rejection_counted(&r);
+                        Disposition::DeadLetter(r)
+                    }
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|d| d.unwrap_or(Disposition::Done("stale")))
+            .collect())
+    }
+
+    fn record_rejection(&self, type_name: &str, r: &Rejection) {
+        let span = info_span!(
+            "message",
+            message_id = r.message_id.map(|m| m.to_string()).unwrap_or_default(),
+            r#type = type_name
+        );
+        let _enter = span.enter();
+        self.metrics
+            .messages
+            .with_label_values(&[type_name, "rejected"])
+            .inc();
+        self.record_rejection_counted(r);
+    }
+
+    fn record_rejection_counted(&self, r: &Rejection) {
+        self.metrics
+            .dead_letters
+            .with_label_values(&[r.reason.as_str()])
+            .inc();
+        info!(outcome = "rejected", reason = r.reason.as_str(), detail = %r.text, "message rejected to the dead-letter queue");
+    }
+
+    /// Applies a batch, retrying transient failures until they pass or
+    /// shutdown is requested. A permanent failure is returned as `Ok(Err)`.
+    async fn apply_with_retry(
+        &self,
+        msgs: &[Inbound],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Result<Vec<MessageOutcome>, StoreError>, Interrupted> {
+        let mut backoff = self.backoff.build();
+        loop {
+            match self.store.apply_batch(msgs).await {
+                Ok((outcomes, effects)) => {
+                    self.record_effects(&effects);
+                    return Ok(Ok(outcomes));
+                }
+                Err(e) if e.is_transient() => {
+                    self.metrics.retries.with_label_values(&["database"]).inc();
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; batch kept, retrying");
+                    let mut sd = shutdown.clone();
+                    if *sd.borrow() {
+                        return Err(Interrupted);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = sd.changed() => return Err(Interrupted),
+                    }
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    }
+
+    fn record_effects(&self, effects: &BatchEffects) {
+        for ((kind, change), n) in &effects.profiles {
+            self.metrics
+                .profiles
+                .with_label_values(&[kind, change])
+                .inc_by(*n);
+        }
+        let now = chrono::Utc::now().timestamp();
+        for brin in &effects.schools_synced {
+            self.metrics.last_sync.with_label_values(&[brin]).set(now);
+        }
+    }
+}
+
+fn refused(m: &Inbound, e: &StoreError) -> MessageOutcome {
+    MessageOutcome::Rejected(
+        Rejection::new(
+            RejectReason::DatabaseRejected,
+            format!("the portal database refused this message ({e}); it is kept here for a person to look at and replay"),
+        )
+        .with_message_id(m.message_id()),
+    )
+}

@@ -1,0 +1,1293 @@
+//! The import rules of `RULES.md` as pure functions: no IO, no clock.
+//!
+//! Input: the profile as the portal has it now, the LAS record, the school's
+//! link settings and today's local date. Output: the new profile and the
+//! decisions taken, each naming its rule id, so metrics, logs and `explain`
+//! can say why a field changed. The store applies the result; it decides
+//! nothing itself.
+
+use chrono::NaiveDate;
+use las_contracts::{GuardianRecord, LasSystem, StaffRecord, StudentRecord};
+use serde::Serialize;
+
+/// Rule ids of RULES.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Rule {
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R6,
+    R7,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::R1 => "R1",
+            Rule::R2 => "R2",
+            Rule::R3 => "R3",
+            Rule::R4 => "R4",
+            Rule::R5 => "R5",
+            Rule::R6 => "R6",
+            Rule::R7 => "R7",
+            Rule::R8 => "R8",
+            Rule::R9 => "R9",
+            Rule::R10 => "R10",
+            Rule::R11 => "R11",
+            Rule::R12 => "R12",
+        }
+    }
+}
+
+/// What a rule did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A new profile was created (R1).
+    Created,
+    /// A field got the LAS value, replacing another value (R1).
+    Overwritten,
+    /// A blank LAS field removed the portal value (R2), or a student phone was removed (R3).
+    Cleared,
+    /// The LAS e-mail was blank, the portal e-mail stays (R4).
+    Kept,
+    /// The LAS e-mail was not a valid address: treated as blank, reported (R4).
+    InvalidEmail,
+    /// The LAS sent a value for a field that is not imported from it (R3/R5): left as it is.
+    Ignored,
+    /// The profile was deactivated (R12).
+    Deactivated,
+    /// A deactivated profile came back in the LAS (R1).
+    Reactivated,
+    /// Group memberships were replaced by the LAS's (R1).
+    GroupsReplaced,
+    /// Staff group links were left alone: the school turned `link_staff_to_groups` off (R8).
+    GroupsLeftAlone,
+    /// New staff got the school's default role (R8).
+    RoleAssigned,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Overwritten => "overwritten",
+            Action::Cleared => "cleared",
+            Action::Kept => "kept",
+            Action::InvalidEmail => "invalid_email",
+            Action::Ignored => "ignored",
+            Action::Deactivated => "deactivated",
+            Action::Reactivated => "reactivated",
+            Action::GroupsReplaced => "groups_replaced",
+            Action::GroupsLeftAlone => "groups_left_alone",
+            Action::RoleAssigned => "role_assigned",
+        }
+    }
+}
+
+/// One decision: which rule did what to which field. Never carries a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub rule: Rule,
+    pub action: Action,
+    pub field: Option<Field>,
+}
+
+impl Decision {
+    fn new(rule: Rule, action: Action, field: Option<Field>) -> Self {
+        Decision {
+            rule,
+            action,
+            field,
+        }
+    }
+
+    /// `R2:cleared:phone`, the form kept in the change journal.
+    pub fn code(&self) -> String {
+        match self.field {
+            Some(f) => format!(
+                "{}:{}:{}",
+                self.rule.as_str(),
+                self.action.as_str(),
+                f.as_str()
+            ),
+            None => format!("{}:{}", self.rule.as_str(), self.action.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileKind {
+    Student,
+    Guardian,
+    Staff,
+}
+
+impl ProfileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileKind::Student => "student",
+            ProfileKind::Guardian => "guardian",
+            ProfileKind::Staff => "staff",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "student" => Some(ProfileKind::Student),
+            "guardian" => Some(ProfileKind::Guardian),
+            "staff" => Some(ProfileKind::Staff),
+            _ => None,
+        }
+    }
+}
+
+/// The contact fields of a profile (R3), by their contract names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    FirstName,
+    NamePrefix,
+    LastName,
+    BirthDate,
+    Street,
+    Postcode,
+    City,
+    Phone,
+    Mobile,
+    EmergencyPhone,
+    Email,
+}
+
+impl Field {
+    pub const ALL: [Field; 11] = [
+        Field::FirstName,
+        Field::NamePrefix,
+        Field::LastName,
+        Field::BirthDate,
+        Field::Street,
+        Field::Postcode,
+        Field::City,
+        Field::Phone,
+        Field::Mobile,
+        Field::EmergencyPhone,
+        Field::Email,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::FirstName => "first_name",
+            Field::NamePrefix => "name_prefix",
+            Field::LastName => "last_name",
+            Field::BirthDate => "birth_date",
+            Field::Street => "street",
+            Field::Postcode => "postcode",
+            Field::City => "city",
+            Field::Phone => "phone",
+            Field::Mobile => "mobile",
+            Field::EmergencyPhone => "emergency_phone",
+            Field::Email => "email",
+        }
+    }
+}
+
+/// How a field of a kind of profile is imported from a LAS system (R3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// LAS value replaces the portal value; blank clears it (R1, R2).
+    Import,
+    /// LAS value replaces the portal value; blank keeps it; invalid is blank (R4).
+    ImportKeepOnBlank,
+    /// Never imported, and the portal value is cleared at import (R3: student phones).
+    Clear,
+    /// Not an imported field: never touched (R3 ParnasSys emergency phone, R5).
+    NotImported,
+}
+
+/// R3: which fields are imported, per kind of profile and LAS system.
+pub fn policy(kind: ProfileKind, system: LasSystem, field: Field) -> Policy {
+    use Field::*;
+    match (kind, field) {
+        (_, FirstName | NamePrefix | LastName | Street | Postcode | City) => Policy::Import,
+        (ProfileKind::Student, BirthDate) => Policy::Import,
+        (_, BirthDate) => Policy::NotImported,
+        (ProfileKind::Student, Phone | Mobile | EmergencyPhone) => Policy::Clear,
+        (ProfileKind::Student, Email) => Policy::NotImported,
+        (_, Phone | Mobile) => Policy::Import,
+        (_, EmergencyPhone) => match system {
+            LasSystem::Esis => Policy::Import,
+            LasSystem::Parnassys => Policy::NotImported,
+        },
+        (_, Email) => Policy::ImportKeepOnBlank,
+    }
+}
+
+/// The contact data of a profile: the portal's copy of the imported fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contact {
+    pub first_name: Option<String>,
+    pub name_prefix: Option<String>,
+    pub last_name: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    pub street: Option<String>,
+    pub postcode: Option<String>,
+    pub city: Option<String>,
+    pub phone: Option<String>,
+    pub mobile: Option<String>,
+    pub emergency_phone: Option<String>,
+    pub email: Option<String>,
+}
+
+/// A value of one field. Dates are compared as dates, the rest as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Text(Option<String>),
+    Date(Option<NaiveDate>),
+}
+
+impl Value {
+    fn is_some(&self) -> bool {
+        match self {
+            Value::Text(t) => t.is_some(),
+            Value::Date(d) => d.is_some(),
+        }
+    }
+}
+
+impl Contact {
+    fn get(&self, f: Field) -> Value {
+        match f {
+            Field::FirstName => Value::Text(self.first_name.clone()),
+            Field::NamePrefix => Value::Text(self.name_prefix.clone()),
+            Field::LastName => Value::Text(self.last_name.clone()),
+            Field::BirthDate => Value::Date(self.birth_date),
+            Field::Street => Value::Text(self.street.clone()),
+            Field::Postcode => Value::Text(self.postcode.clone()),
+            Field::City => Value::Text(self.city.clone()),
+            Field::Phone => Value::Text(self.phone.clone()),
+            Field::Mobile => Value::Text(self.mobile.clone()),
+            Field::EmergencyPhone => Value::Text(self.emergency_phone.clone()),
+            Field::Email => Value::Text(self.email.clone()),
+        }
+    }
+
+    fn set(&mut self, f: Field, v: Value) {
+        match (f, v) {
+            (Field::BirthDate, Value::Date(d)) => self.birth_date = d,
+            (Field::BirthDate, Value::Text(_)) => self.birth_date = None,
+            (_, Value::Date(_)) => {}
+            (f, Value::Text(t)) => match f {
+                Field::FirstName => self.first_name = t,
+                Field::NamePrefix => self.name_prefix = t,
+                Field::LastName => self.last_name = t,
+                Field::Street => self.street = t,
+                Field::Postcode => self.postcode = t,
+                Field::City => self.city = t,
+                Field::Phone => self.phone = t,
+                Field::Mobile => self.mobile = t,
+                Field::EmergencyPhone => self.emergency_phone = t,
+                Field::Email => self.email = t,
+                Field::BirthDate => {}
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Deactivated,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Deactivated => "deactivated",
+        }
+    }
+}
+
+/// A profile as the portal has it, as far as the import rules are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub contact: Contact,
+    pub status: Status,
+    /// Highest LAS version applied; 0 when none yet.
+    pub version: i64,
+    /// Portal role (staff). Set at creation only (R8).
+    pub role: Option<String>,
+}
+
+/// The school's link settings, with the defaults of RULES.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchoolSettings {
+    pub system: LasSystem,
+    pub environment_id: String,
+    pub label: Option<String>,
+    pub intake_weeks_ahead: Option<u32>,
+    pub default_staff_role: String,
+    pub link_staff_to_groups: bool,
+    pub esis_composite_groups: bool,
+    pub retention_days: u32,
+}
+
+pub const DEFAULT_STAFF_ROLE: &str = "Leerkracht";
+pub const DEFAULT_RETENTION_DAYS: u32 = 365;
+
+/// A LAS profile record, the same shape for the three kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LasProfile {
+    pub kind: ProfileKind,
+    pub las_key: String,
+    pub contact: Contact,
+    /// Group keys (students, staff).
+    pub group_keys: Vec<String>,
+    /// Student keys (guardians).
+    pub student_keys: Vec<String>,
+}
+
+/// R2: absent, null, empty or only whitespace is blank. Non-blank values are trimmed.
+pub fn normalize(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn normalize_keys(keys: &Option<Vec<String>>) -> Vec<String> {
+    let mut out: Vec<String> = keys
+        .iter()
+        .flatten()
+        .filter_map(|k| normalize(&Some(k.clone())))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl LasProfile {
+    pub fn from_student(r: &StudentRecord) -> Self {
+        LasProfile {
+            kind: ProfileKind::Student,
+            las_key: r.las_key.trim().to_owned(),
+            contact: Contact {
+                first_name: normalize(&r.first_name),
+                name_prefix: normalize(&r.name_prefix),
+                last_name: normalize(&r.last_name),
+                birth_date: r.birth_date,
+                street: normalize(&r.street),
+                postcode: normalize(&r.postcode),
+                city: normalize(&r.city),
+                phone: normalize(&r.phone),
+                ..Contact::default()
+            },
+            group_keys: normalize_keys(&r.group_keys),
+            student_keys: vec![],
+        }
+    }
+
+    pub fn from_guardian(r: &GuardianRecord) -> Self {
+        LasProfile {
+            kind: ProfileKind::Guardian,
+            las_key: r.las_key.trim().to_owned(),
+            contact: Contact {
+                first_name: normalize(&r.first_name),
+                name_prefix: normalize(&r.name_prefix),
+                last_name: normalize(&r.last_name),
+                birth_date: None,
+                street: normalize(&r.street),
+                postcode: normalize(&r.postcode),
+                city: normalize(&r.city),
+                phone: normalize(&r.phone),
+                mobile: normalize(&r.mobile),
+                emergency_phone: normalize(&r.emergency_phone),
+                email: normalize(&r.email),
+            },
+            group_keys: vec![],
+            student_keys: normalize_keys(&r.student_keys),
+        }
+    }
+
+    pub fn from_staff(r: &StaffRecord) -> Self {
+        LasProfile {
+            kind: ProfileKind::Staff,
+            las_key: r.las_key.trim().to_owned(),
+            contact: Contact {
+                first_name: normalize(&r.first_name),
+                name_prefix: normalize(&r.name_prefix),
+                last_name: normalize(&r.last_name),
+                birth_date: None,
+                street: normalize(&r.street),
+                postcode: normalize(&r.postcode),
+                city: normalize(&r.city),
+                phone: normalize(&r.phone),
+                mobile: normalize(&r.mobile),
+                emergency_phone: normalize(&r.emergency_phone),
+                email: normalize(&r.email),
+            },
+            group_keys: normalize_keys(&r.group_keys),
+            student_keys: vec![],
+        }
+    }
+}
+
+/// R4: a plausible e-mail address. Deliberately simple: one `@`, a local
+/// part, a domain with a dot, no spaces, at most 254 characters.
+pub fn is_valid_email(s: &str) -> bool {
+    if s.len() > 254 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && !domain.starts_with('-')
+}
+
+/// What an upsert or removal does to a profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub profile: Profile,
+    pub decisions: Vec<Decision>,
+    /// New group memberships, or `None` to leave them as they are.
+    pub group_keys: Option<Vec<String>>,
+    /// New linked students (guardians), or `None` to leave them as they are.
+    pub student_keys: Option<Vec<String>>,
+}
+
+/// The result of offering a versioned LAS record to a profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied(Applied),
+    /// The version is not newer than the one applied: nothing changes.
+    Stale,
+}
+
+/// R1-R5, R8, R12: apply one LAS profile record at `version` to the portal's profile.
+pub fn apply_profile(
+    current: Option<&Profile>,
+    las: &LasProfile,
+    version: i64,
+    school: &SchoolSettings,
+) -> Outcome {
+    if current.is_some_and(|c| version <= c.version) {
+        return Outcome::Stale;
+    }
+    let mut decisions = Vec::new();
+    let existing = current.filter(|c| c.version > 0);
+    let mut contact = existing.map(|c| c.contact.clone()).unwrap_or_default();
+    let role = match existing {
+        Some(c) => c.role.clone(),
+        None => {
+            decisions.push(Decision::new(Rule::R1, Action::Created, None));
+            if las.kind == ProfileKind::Staff {
+                decisions.push(Decision::new(Rule::R8, Action::RoleAssigned, None));
+                Some(school.default_staff_role.clone())
+            } else {
+                None
+            }
+        }
+    };
+    if existing.is_some_and(|c| c.status == Status::Deactivated) {
+        decisions.push(Decision::new(Rule::R1, Action::Reactivated, None));
+    }
+
+    for field in Field::ALL {
+        let old = contact.get(field);
+        let new = las.contact.get(field);
+        match policy(las.kind, school.system, field) {
+            Policy::Import => {
+                if new != old {
+                    let (rule, action) = if new.is_some() {
+                        (Rule::R1, Action::Overwritten)
+                    } else {
+                        (Rule::R2, Action::Cleared)
+                    };
+                    decisions.push(Decision::new(rule, action, Some(field)));
+                    contact.set(field, new);
+                }
+            }
+            Policy::ImportKeepOnBlank => {
+                let valid = match &new {
+                    Value::Text(Some(s)) => {
+                        if is_valid_email(s) {
+                            true
+                        } else {
+                            decisions.push(Decision::new(
+                                Rule::R4,
+                                Action::InvalidEmail,
+                                Some(field),
+                            ));
+                            false
+                        }
+                    }
+                    _ => false,
+                };
+                if valid {
+                    if new != old {
+                        decisions.push(Decision::new(Rule::R1, Action::Overwritten, Some(field)));
+                        contact.set(field, new);
+                    }
+                } else if old.is_some() {
+                    decisions.push(Decision::new(Rule::R4, Action::Kept, Some(field)));
+                }
+            }
+            Policy::Clear => {
+                if new.is_some() {
+                    decisions.push(Decision::new(Rule::R3, Action::Ignored, Some(field)));
+                }
+                if old.is_some() {
+                    decisions.push(Decision::new(Rule::R3, Action::Cleared, Some(field)));
+                    contact.set(field, Value::Text(None));
+                }
+            }
+            Policy::NotImported => {
+                if new.is_some() {
+                    let rule = if field == Field::EmergencyPhone {
+                        Rule::R3
+                    } else {
+                        Rule::R5
+                    };
+                    decisions.push(Decision::new(rule, Action::Ignored, Some(field)));
+                }
+            }
+        }
+    }
+
+    let group_keys = match las.kind {
+        ProfileKind::Guardian => None,
+        ProfileKind::Staff if !school.link_staff_to_groups => {
+            decisions.push(Decision::new(Rule::R8, Action::GroupsLeftAlone, None));
+            None
+        }
+        _ => {
+            decisions.push(Decision::new(Rule::R1, Action::GroupsReplaced, None));
+            Some(las.group_keys.clone())
+        }
+    };
+    let student_keys = match las.kind {
+        ProfileKind::Guardian => Some(las.student_keys.clone()),
+        _ => None,
+    };
+
+    Outcome::Applied(Applied {
+        profile: Profile {
+            contact,
+            status: Status::Active,
+            version,
+            role,
+        },
+        decisions,
+        group_keys,
+        student_keys,
+    })
+}
+
+/// R12: a profile removed in the LAS is deactivated and leaves all its groups.
+/// Its data stays until the retention period ends. A removal of a profile the
+/// portal never saw is remembered (a tombstone) so that an older upsert that
+/// arrives later cannot bring it back.
+pub fn apply_removal(current: Option<&Profile>, version: i64) -> Outcome {
+    if current.is_some_and(|c| version <= c.version) {
+        return Outcome::Stale;
+    }
+    let existing = current.filter(|c| c.version > 0);
+    let mut decisions = Vec::new();
+    if existing.is_none_or(|c| c.status == Status::Active) {
+        decisions.push(Decision::new(Rule::R12, Action::Deactivated, None));
+    }
+    Outcome::Applied(Applied {
+        profile: Profile {
+            contact: existing.map(|c| c.contact.clone()).unwrap_or_default(),
+            status: Status::Deactivated,
+            version,
+            role: existing.and_then(|c| c.role.clone()),
+        },
+        decisions,
+        group_keys: Some(vec![]),
+        student_keys: None,
+    })
+}
+
+/// Why R6 refuses a message or a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRefusal {
+    pub reason: las_contracts::RejectReason,
+    pub text: String,
+}
+
+fn refuse(reason: las_contracts::RejectReason, text: String) -> SourceRefusal {
+    SourceRefusal { reason, text }
+}
+
+/// R6: an ESIS environment feeds the portal only when it is labelled
+/// `BasisOnline Ouderportaal`.
+fn check_esis_label(system: LasSystem, label: Option<&str>) -> Result<(), SourceRefusal> {
+    let label = label.map(str::trim).unwrap_or("");
+    if system == LasSystem::Esis && label != las_contracts::ESIS_PORTAL_LABEL {
+        let shown = if label.is_empty() {
+            "no label".to_owned()
+        } else {
+            format!("label {label:?}")
+        };
+        return Err(refuse(
+            las_contracts::RejectReason::EsisLabel,
+            format!(
+                "ESIS environment has {shown}; only the ESIS environment labelled {:?} may feed this portal (R6)",
+                las_contracts::ESIS_PORTAL_LABEL
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// R6: a change is accepted only from the one LAS environment the school is linked to.
+pub fn check_source(
+    brin: &str,
+    school: Option<&SchoolSettings>,
+    source: &las_contracts::LasSource,
+) -> Result<(), SourceRefusal> {
+    use las_contracts::RejectReason;
+    let Some(school) = school else {
+        return Err(refuse(
+            RejectReason::UnknownBrin,
+            format!(
+                "no portal is linked to BRIN {brin}; link the school first (portal.link.v1 or `las-worker school configure`), then replay this message (R6)"
+            ),
+        ));
+    };
+    check_esis_label(source.system, source.label.as_deref())?;
+    if source.system != school.system || source.environment_id != school.environment_id {
+        return Err(refuse(
+            RejectReason::EnvironmentMismatch,
+            format!(
+                "message comes from {} environment {:?}, but BRIN {brin} is linked to {} environment {:?}; a portal takes data from one LAS environment only (R6)",
+                source.system.as_str(),
+                source.environment_id,
+                school.system.as_str(),
+                school.environment_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// R6: the settings a link request gives a school. A school keeps its one LAS
+/// environment: a request that names another system or environment is refused.
+pub fn link_settings(
+    existing: Option<&SchoolSettings>,
+    link: &las_contracts::PortalLinkV1,
+) -> Result<SchoolSettings, SourceRefusal> {
+    check_esis_label(link.system, link.label.as_deref())?;
+    if let Some(cur) = existing
+        && (cur.system != link.system || cur.environment_id != link.environment_id)
+    {
+        return Err(refuse(
+            las_contracts::RejectReason::RelinkRefused,
+            format!(
+                "BRIN {} is already linked to {} environment {:?}; a portal is linked to one LAS environment only, so a link to {} environment {:?} is refused (R6). Unlink the school in the portal first.",
+                link.brin,
+                cur.system.as_str(),
+                cur.environment_id,
+                link.system.as_str(),
+                link.environment_id
+            ),
+        ));
+    }
+    Ok(SchoolSettings {
+        system: link.system,
+        environment_id: link.environment_id.clone(),
+        label: normalize(&link.label),
+        intake_weeks_ahead: link.intake_weeks_ahead,
+        default_staff_role: normalize(&link.default_staff_role)
+            .unwrap_or_else(|| DEFAULT_STAFF_ROLE.to_owned()),
+        link_staff_to_groups: link.link_staff_to_groups.unwrap_or(true),
+        esis_composite_groups: link.esis_composite_groups.unwrap_or(false),
+        retention_days: link.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn school(system: LasSystem) -> SchoolSettings {
+        SchoolSettings {
+            system,
+            environment_id: "env".into(),
+            label: None,
+            intake_weeks_ahead: None,
+            default_staff_role: DEFAULT_STAFF_ROLE.into(),
+            link_staff_to_groups: true,
+            esis_composite_groups: false,
+            retention_days: DEFAULT_RETENTION_DAYS,
+        }
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_owned())
+    }
+
+    fn guardian(email: Option<String>, phone: Option<String>) -> LasProfile {
+        LasProfile::from_guardian(&GuardianRecord {
+            las_key: "G1".into(),
+            first_name: s("Anna"),
+            last_name: s("Jansen"),
+            street: s("Dorpsstraat 1"),
+            postcode: s("1234 AB"),
+            city: s("Utrecht"),
+            phone,
+            email,
+            student_keys: Some(vec!["S1".into()]),
+            ..GuardianRecord::default()
+        })
+    }
+
+    fn applied(o: Outcome) -> Applied {
+        match o {
+            Outcome::Applied(a) => a,
+            Outcome::Stale => panic!("expected an applied outcome"),
+        }
+    }
+
+    fn has(a: &Applied, rule: Rule, action: Action, field: Option<Field>) -> bool {
+        a.decisions.contains(&Decision::new(rule, action, field))
+    }
+
+    fn existing(contact: Contact, version: i64) -> Profile {
+        Profile {
+            contact,
+            status: Status::Active,
+            version,
+            role: None,
+        }
+    }
+
+    #[test]
+    fn r1_new_profile_is_created_with_las_values() {
+        let a = applied(apply_profile(
+            None,
+            &guardian(s("a@b.nl"), s("0301234567")),
+            1,
+            &school(LasSystem::Parnassys),
+        ));
+        assert!(has(&a, Rule::R1, Action::Created, None));
+        assert_eq!(a.profile.contact.first_name.as_deref(), Some("Anna"));
+        assert_eq!(a.profile.contact.email.as_deref(), Some("a@b.nl"));
+        assert_eq!(a.profile.status, Status::Active);
+        assert_eq!(a.student_keys, Some(vec!["S1".to_owned()]));
+    }
+
+    #[test]
+    fn r1_las_value_overwrites_portal_edit() {
+        let cur = existing(
+            Contact {
+                first_name: s("Annie"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let a = applied(apply_profile(
+            Some(&cur),
+            &guardian(None, None),
+            2,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(a.profile.contact.first_name.as_deref(), Some("Anna"));
+        assert!(has(
+            &a,
+            Rule::R1,
+            Action::Overwritten,
+            Some(Field::FirstName)
+        ));
+        assert!(!has(&a, Rule::R1, Action::Created, None));
+    }
+
+    #[test]
+    fn r2_blank_field_clears_portal_value() {
+        let cur = existing(
+            Contact {
+                phone: s("0301234567"),
+                name_prefix: s("van"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let mut las = guardian(None, s("   "));
+        las.contact.name_prefix = None;
+        let a = applied(apply_profile(
+            Some(&cur),
+            &las,
+            2,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(a.profile.contact.phone, None);
+        assert_eq!(a.profile.contact.name_prefix, None);
+        assert!(has(&a, Rule::R2, Action::Cleared, Some(Field::Phone)));
+        assert!(has(&a, Rule::R2, Action::Cleared, Some(Field::NamePrefix)));
+    }
+
+    #[test]
+    fn r2_whitespace_and_empty_are_blank() {
+        assert_eq!(normalize(&s("  ")), None);
+        assert_eq!(normalize(&s("")), None);
+        assert_eq!(normalize(&None), None);
+        assert_eq!(normalize(&s(" Jan ")), s("Jan"));
+    }
+
+    #[test]
+    fn r3_student_phone_is_never_imported_and_cleared() {
+        let cur = existing(
+            Contact {
+                phone: s("0612345678"),
+                mobile: s("0687654321"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let las = LasProfile::from_student(&StudentRecord {
+            las_key: "S1".into(),
+            first_name: s("Piet"),
+            phone: s("0611111111"),
+            ..StudentRecord::default()
+        });
+        let a = applied(apply_profile(Some(&cur), &las, 2, &school(LasSystem::Esis)));
+        assert_eq!(a.profile.contact.phone, None);
+        assert_eq!(a.profile.contact.mobile, None);
+        assert!(has(&a, Rule::R3, Action::Ignored, Some(Field::Phone)));
+        assert!(has(&a, Rule::R3, Action::Cleared, Some(Field::Phone)));
+        assert!(has(&a, Rule::R3, Action::Cleared, Some(Field::Mobile)));
+    }
+
+    #[test]
+    fn r3_student_birth_date_and_address_are_imported() {
+        let las = LasProfile::from_student(&StudentRecord {
+            las_key: "S1".into(),
+            birth_date: NaiveDate::from_ymd_opt(2019, 5, 1),
+            street: s("Kerkstraat 2"),
+            ..StudentRecord::default()
+        });
+        let a = applied(apply_profile(None, &las, 1, &school(LasSystem::Parnassys)));
+        assert_eq!(
+            a.profile.contact.birth_date,
+            NaiveDate::from_ymd_opt(2019, 5, 1)
+        );
+        assert_eq!(a.profile.contact.street.as_deref(), Some("Kerkstraat 2"));
+        assert_eq!(a.group_keys, Some(vec![]));
+    }
+
+    #[test]
+    fn r3_emergency_phone_imported_from_esis() {
+        let cur = existing(
+            Contact {
+                emergency_phone: s("112233"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let mut las = guardian(None, None);
+        las.contact.emergency_phone = s("0699999999");
+        let a = applied(apply_profile(Some(&cur), &las, 2, &school(LasSystem::Esis)));
+        assert_eq!(
+            a.profile.contact.emergency_phone.as_deref(),
+            Some("0699999999")
+        );
+        las.contact.emergency_phone = None;
+        let b = applied(apply_profile(
+            Some(&a.profile),
+            &las,
+            3,
+            &school(LasSystem::Esis),
+        ));
+        assert_eq!(b.profile.contact.emergency_phone, None);
+        assert!(has(
+            &b,
+            Rule::R2,
+            Action::Cleared,
+            Some(Field::EmergencyPhone)
+        ));
+    }
+
+    #[test]
+    fn r3_emergency_phone_not_imported_from_parnassys() {
+        let cur = existing(
+            Contact {
+                emergency_phone: s("112233"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let mut las = guardian(None, None);
+        las.contact.emergency_phone = s("0699999999");
+        let a = applied(apply_profile(
+            Some(&cur),
+            &las,
+            2,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(a.profile.contact.emergency_phone.as_deref(), Some("112233"));
+        assert!(has(
+            &a,
+            Rule::R3,
+            Action::Ignored,
+            Some(Field::EmergencyPhone)
+        ));
+        las.contact.emergency_phone = None;
+        let b = applied(apply_profile(
+            Some(&cur),
+            &las,
+            2,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(b.profile.contact.emergency_phone.as_deref(), Some("112233"));
+    }
+
+    #[test]
+    fn r4_blank_email_keeps_portal_email() {
+        let cur = existing(
+            Contact {
+                email: s("ouder@example.nl"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let a = applied(apply_profile(
+            Some(&cur),
+            &guardian(s(" "), None),
+            2,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(a.profile.contact.email.as_deref(), Some("ouder@example.nl"));
+        assert!(has(&a, Rule::R4, Action::Kept, Some(Field::Email)));
+    }
+
+    #[test]
+    fn r4_las_email_replaces_portal_email() {
+        let cur = existing(
+            Contact {
+                email: s("oud@example.nl"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let a = applied(apply_profile(
+            Some(&cur),
+            &guardian(s("nieuw@example.nl"), None),
+            2,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(a.profile.contact.email.as_deref(), Some("nieuw@example.nl"));
+        assert!(has(&a, Rule::R1, Action::Overwritten, Some(Field::Email)));
+    }
+
+    #[test]
+    fn r4_invalid_email_is_treated_as_blank_and_reported() {
+        let cur = existing(
+            Contact {
+                email: s("ouder@example.nl"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let a = applied(apply_profile(
+            Some(&cur),
+            &guardian(s("not-an-address"), None),
+            2,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(a.profile.contact.email.as_deref(), Some("ouder@example.nl"));
+        assert!(has(&a, Rule::R4, Action::InvalidEmail, Some(Field::Email)));
+        assert!(has(&a, Rule::R4, Action::Kept, Some(Field::Email)));
+        let new = applied(apply_profile(
+            None,
+            &guardian(s("a@b"), None),
+            1,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(new.profile.contact.email, None);
+    }
+
+    #[test]
+    fn r4_email_validation() {
+        assert!(is_valid_email("jan.de.vries@school.nl"));
+        assert!(is_valid_email("a+b@sub.example.com"));
+        for bad in [
+            "", "a@", "@b.nl", "a b@c.nl", "a@b", "a@@b.nl", "a@.nl", "a@b..nl", "a@b.nl.",
+        ] {
+            assert!(!is_valid_email(bad), "{bad} must be invalid");
+        }
+    }
+
+    #[test]
+    fn r5_student_email_is_not_imported() {
+        let cur = existing(
+            Contact {
+                email: s("kind@example.nl"),
+                ..Contact::default()
+            },
+            1,
+        );
+        let las = LasProfile::from_student(&StudentRecord {
+            las_key: "S1".into(),
+            ..StudentRecord::default()
+        });
+        let a = applied(apply_profile(
+            Some(&cur),
+            &las,
+            2,
+            &school(LasSystem::Parnassys),
+        ));
+        assert_eq!(a.profile.contact.email.as_deref(), Some("kind@example.nl"));
+    }
+
+    #[test]
+    fn r5_guardian_birth_date_is_not_imported() {
+        let cur = existing(
+            Contact {
+                birth_date: NaiveDate::from_ymd_opt(1980, 1, 1),
+                ..Contact::default()
+            },
+            1,
+        );
+        let a = applied(apply_profile(
+            Some(&cur),
+            &guardian(None, None),
+            2,
+            &school(LasSystem::Esis),
+        ));
+        assert_eq!(
+            a.profile.contact.birth_date,
+            NaiveDate::from_ymd_opt(1980, 1, 1)
+        );
+    }
+
+    #[test]
+    fn r8_new_staff_gets_default_role_at_creation_only() {
+        let mut sch = school(LasSystem::Parnassys);
+        sch.default_staff_role = "Intern begeleider".into();
+        let las = LasProfile::from_staff(&StaffRecord {
+            las_key: "T1".into(),
+            group_keys: Some(vec!["G3".into()]),
+            ..StaffRecord::default()
+        });
+        let a = applied(apply_profile(None, &las, 1, &sch));
+        assert_eq!(a.profile.role.as_deref(), Some("Intern begeleider"));
+        assert!(has(&a, Rule::R8, Action::RoleAssigned, None));
+        let mut changed = a.profile.clone();
+        changed.role = Some("Directeur".into());
+        let b = applied(apply_profile(Some(&changed), &las, 2, &sch));
+        assert_eq!(b.profile.role.as_deref(), Some("Directeur"));
+        assert!(!has(&b, Rule::R8, Action::RoleAssigned, None));
+    }
+
+    #[test]
+    fn r8_staff_groups_left_alone_when_linking_is_off() {
+        let mut sch = school(LasSystem::Parnassys);
+        sch.link_staff_to_groups = false;
+        let las = LasProfile::from_staff(&StaffRecord {
+            las_key: "T1".into(),
+            group_keys: Some(vec!["G3".into()]),
+            ..StaffRecord::default()
+        });
+        let a = applied(apply_profile(None, &las, 1, &sch));
+        assert_eq!(a.group_keys, None);
+        assert!(has(&a, Rule::R8, Action::GroupsLeftAlone, None));
+        let on = applied(apply_profile(None, &las, 1, &school(LasSystem::Parnassys)));
+        assert_eq!(on.group_keys, Some(vec!["G3".to_owned()]));
+    }
+
+    #[test]
+    fn r12_removal_deactivates_and_leaves_groups() {
+        let cur = existing(
+            Contact {
+                first_name: s("Piet"),
+                ..Contact::default()
+            },
+            3,
+        );
+        let a = applied(apply_removal(Some(&cur), 4));
+        assert_eq!(a.profile.status, Status::Deactivated);
+        assert_eq!(a.group_keys, Some(vec![]));
+        assert!(has(&a, Rule::R12, Action::Deactivated, None));
+        assert_eq!(a.profile.contact.first_name.as_deref(), Some("Piet"));
+    }
+
+    #[test]
+    fn r12_removal_before_upsert_leaves_a_tombstone_that_wins() {
+        let tomb = applied(apply_removal(None, 5)).profile;
+        assert_eq!(tomb.status, Status::Deactivated);
+        assert_eq!(
+            apply_profile(
+                Some(&tomb),
+                &guardian(None, None),
+                4,
+                &school(LasSystem::Esis)
+            ),
+            Outcome::Stale
+        );
+        let back = applied(apply_profile(
+            Some(&tomb),
+            &guardian(None, None),
+            6,
+            &school(LasSystem::Esis),
+        ));
+        assert_eq!(back.profile.status, Status::Active);
+        assert!(has(&back, Rule::R1, Action::Reactivated, None));
+    }
+
+    #[test]
+    fn older_or_equal_version_is_stale() {
+        let cur = existing(Contact::default(), 7);
+        let sch = school(LasSystem::Parnassys);
+        assert_eq!(
+            apply_profile(Some(&cur), &guardian(None, None), 7, &sch),
+            Outcome::Stale
+        );
+        assert_eq!(
+            apply_profile(Some(&cur), &guardian(None, None), 3, &sch),
+            Outcome::Stale
+        );
+        assert_eq!(apply_removal(Some(&cur), 6), Outcome::Stale);
+    }
+
+    #[test]
+    fn applying_the_same_record_twice_equals_once() {
+        let sch = school(LasSystem::Esis);
+        let las = guardian(s("a@b.nl"), s("0301234567"));
+        let once = applied(apply_profile(None, &las, 1, &sch));
+        assert_eq!(
+            apply_profile(Some(&once.profile), &las, 1, &sch),
+            Outcome::Stale
+        );
+        let again = applied(apply_profile(Some(&once.profile), &las, 2, &sch));
+        assert_eq!(again.profile.contact, once.profile.contact);
+        assert!(again.decisions.iter().all(|d| d.field.is_none()));
+    }
+
+    #[test]
+    fn decisions_never_carry_values() {
+        let a = applied(apply_profile(
+            None,
+            &guardian(s("a@b.nl"), s("0301234567")),
+            1,
+            &school(LasSystem::Esis),
+        ));
+        for d in &a.decisions {
+            let code = d.code();
+            assert!(
+                !code.contains("Anna") && !code.contains("a@b.nl") && !code.contains("0301234567")
+            );
+        }
+    }
+
+    fn source(system: LasSystem, env: &str, label: Option<&str>) -> las_contracts::LasSource {
+        las_contracts::LasSource {
+            system,
+            environment_id: env.into(),
+            label: label.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn r6_unknown_brin_is_refused() {
+        let r = check_source("99ZZ", None, &source(LasSystem::Parnassys, "env", None)).unwrap_err();
+        assert_eq!(r.reason, las_contracts::RejectReason::UnknownBrin);
+        assert!(r.text.contains("99ZZ"));
+    }
+
+    #[test]
+    fn r6_other_environment_is_refused() {
+        let sch = school(LasSystem::Parnassys);
+        assert!(
+            check_source(
+                "12AB",
+                Some(&sch),
+                &source(LasSystem::Parnassys, "env", None)
+            )
+            .is_ok()
+        );
+        let r = check_source(
+            "12AB",
+            Some(&sch),
+            &source(LasSystem::Parnassys, "other", None),
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, las_contracts::RejectReason::EnvironmentMismatch);
+        let r = check_source(
+            "12AB",
+            Some(&sch),
+            &source(LasSystem::Esis, "env", Some("BasisOnline Ouderportaal")),
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, las_contracts::RejectReason::EnvironmentMismatch);
+    }
+
+    #[test]
+    fn r6_esis_label_must_be_basisonline_ouderportaal() {
+        let mut sch = school(LasSystem::Esis);
+        sch.label = Some("BasisOnline Ouderportaal".into());
+        assert!(
+            check_source(
+                "12AB",
+                Some(&sch),
+                &source(LasSystem::Esis, "env", Some("BasisOnline Ouderportaal"))
+            )
+            .is_ok()
+        );
+        for bad in [Some("ParentCom"), Some("BasisschoolApps"), None] {
+            let r =
+                check_source("12AB", Some(&sch), &source(LasSystem::Esis, "env", bad)).unwrap_err();
+            assert_eq!(r.reason, las_contracts::RejectReason::EsisLabel);
+            assert!(r.text.contains("BasisOnline Ouderportaal"));
+        }
+    }
+
+    fn link(system: LasSystem, env: &str, label: Option<&str>) -> las_contracts::PortalLinkV1 {
+        las_contracts::PortalLinkV1 {
+            schema: las_contracts::PortalLinkSchema::V1,
+            message_id: uuid::Uuid::nil(),
+            brin: "12AB".into(),
+            system,
+            environment_id: env.into(),
+            label: label.map(str::to_owned),
+            intake_weeks_ahead: None,
+            default_staff_role: None,
+            link_staff_to_groups: None,
+            esis_composite_groups: None,
+            retention_days: None,
+            group_mapping: None,
+            emitted_at: None,
+        }
+    }
+
+    #[test]
+    fn r6_link_takes_defaults_and_refuses_a_second_environment() {
+        let s1 = link_settings(None, &link(LasSystem::Parnassys, "env", None)).unwrap();
+        assert_eq!(s1.default_staff_role, "Leerkracht");
+        assert!(s1.link_staff_to_groups);
+        assert!(!s1.esis_composite_groups);
+        assert_eq!(s1.intake_weeks_ahead, None);
+        assert!(link_settings(Some(&s1), &link(LasSystem::Parnassys, "env", None)).is_ok());
+        let r = link_settings(Some(&s1), &link(LasSystem::Parnassys, "env-2", None)).unwrap_err();
+        assert_eq!(r.reason, las_contracts::RejectReason::RelinkRefused);
+        let r = link_settings(None, &link(LasSystem::Esis, "env", Some("ParentCom"))).unwrap_err();
+        assert_eq!(r.reason, las_contracts::RejectReason::EsisLabel);
+    }
+}

@@ -1,0 +1,1300 @@
+//! PostgreSQL: the portal database. A batch of messages is applied in one
+//! transaction with set-based statements; the rules decide, the store writes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use las_contracts::{Change, LasChangeV1, LasSystem, PortalLinkV1, RejectReason};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::inbound::{Inbound, Rejection};
+use crate::rules::{
+    self, Applied, Contact, Decision, LasProfile, Outcome, Profile, ProfileKind, SchoolSettings,
+    Status,
+};
+
+/// A store failure, classified.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is unreachable, overloaded, or a transaction lost a race:
+    /// retry the same work later; never dead-letter because of it.
+    #[error("database unavailable: {0}")]
+    Transient(#[source] sqlx::Error),
+    /// The database refused the data itself; retrying will not help.
+    #[error("database refused the change: SQLSTATE {code}{}", constraint.as_deref().map(|c| format!(", constraint {c}")).unwrap_or_default())]
+    Permanent {
+        code: String,
+        constraint: Option<String>,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        classify(e)
+    }
+}
+
+/// Which database errors are worth retrying. Connection problems, pool
+/// exhaustion, serialization failures and deadlocks, resource shortages and
+/// an administrator's shutdown are; constraint and data errors are not.
+pub fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let transient = code.starts_with("08") // connection exception
+                || code.starts_with("53") // insufficient resources
+                || code.starts_with("57") // operator intervention (admin shutdown, cannot connect now)
+                || code.starts_with("58") // system error (I/O)
+                || code == "40001" // serialization failure
+                || code == "40P01" // deadlock detected
+                || code == "55P03" // lock not available
+                || code == "55006" // object in use
+                || code == "3D000"; // database does not exist (yet), e.g. during a restore
+            if transient {
+                StoreError::Transient(e)
+            } else {
+                StoreError::Permanent {
+                    constraint: db.constraint().map(str::to_owned),
+                    code,
+                }
+            }
+        }
+        sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::RowNotFound
+        | sqlx::Error::Encode(_) => StoreError::Permanent {
+            code: "decode".into(),
+            constraint: None,
+        },
+        _ => StoreError::Transient(e),
+    }
+}
+
+/// What happened to one message of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageOutcome {
+    Applied { decisions: Vec<Decision> },
+    Duplicate,
+    Stale,
+    Rejected(Rejection),
+}
+
+impl MessageOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            MessageOutcome::Applied { .. } => "applied",
+            MessageOutcome::Duplicate => "duplicate",
+            MessageOutcome::Stale => "stale",
+            MessageOutcome::Rejected(_) => "rejected",
+        }
+    }
+}
+
+/// Counts of what a batch did beyond the messages themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchEffects {
+    /// (kind, change) -> count, change in created/updated/deactivated/reactivated.
+    pub profiles: BTreeMap<(&'static str, &'static str), u64>,
+    /// BRINs whose data changed, for the last-sync gauge.
+    pub schools_synced: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+#[derive(Debug, Clone)]
+struct SchoolRow {
+    id: i64,
+    brin: String,
+    settings: SchoolSettings,
+}
+
+type Key = (i64, ProfileKind, String);
+
+struct ProfileSlot {
+    id: i64,
+    current: Option<Profile>,
+    state: Option<Profile>,
+    was_status: Option<Status>,
+    group_keys: Option<Vec<String>>,
+    student_keys: Option<Vec<String>>,
+    removed: bool,
+    message_id: Option<Uuid>,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let opts: PgConnectOptions = url.parse().map_err(StoreError::Transient)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(classify)?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the migrations in `worker/migrations`; safe to run at every start
+    /// and from several replicas at once (sqlx takes an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Applies a batch in one transaction. Returns one outcome per message, in
+    /// order. Fails as a whole (nothing written) on a database error.
+    pub async fn apply_batch(
+        &self,
+        msgs: &[Inbound],
+    ) -> Result<(Vec<MessageOutcome>, BatchEffects), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; msgs.len()];
+        let mut effects = BatchEffects::default();
+
+        // Links first: a school linked in this batch is known to its changes.
+        for (i, m) in msgs.iter().enumerate() {
+            if let Inbound::Link(link) = m {
+                outcomes[i] = Some(apply_link(&mut tx, link).await?);
+            }
+        }
+
+        let brins: Vec<String> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                Inbound::Change(c) => Some(c.brin.clone()),
+                Inbound::Link(_) => None,
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let schools = load_schools(&mut tx, &brins).await?;
+
+        // R6 and support checks, then dedupe by message id.
+        let mut accepted: Vec<(usize, &LasChangeV1, i64)> = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let Inbound::Change(c) = m else { continue };
+            let school = schools.get(&c.brin);
+            if let Err(r) = rules::check_source(&c.brin, school.map(|s| &s.settings), &c.source) {
+                outcomes[i] = Some(MessageOutcome::Rejected(
+                    Rejection::new(r.reason, r.text).with_message_id(c.message_id),
+                ));
+                continue;
+            }
+            if let Change::SchoolYearRolledOver(_) = c.change {
+                outcomes[i] = Some(MessageOutcome::Rejected(
+                    Rejection::new(
+                        RejectReason::Unsupported,
+                        "school_year.rolled_over (R11) is not applied by this worker version; the message is kept so it can be replayed after an upgrade",
+                    )
+                    .with_message_id(c.message_id),
+                ));
+                continue;
+            }
+            if !seen.insert(c.message_id) {
+                outcomes[i] = Some(MessageOutcome::Duplicate);
+                continue;
+            }
+            let school_id = school.map(|s| s.id).unwrap_or_default();
+            accepted.push((i, c, school_id));
+        }
+
+        let ids: Vec<Uuid> = accepted.iter().map(|(_, c, _)| c.message_id).collect();
+        let school_ids: Vec<i64> = accepted.iter().map(|(_, _, s)| *s).collect();
+        let fresh: HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO processed_messages (message_id, school_id)
+             SELECT * FROM UNNEST($1::uuid[], $2::int8[])
+             ON CONFLICT (message_id) DO NOTHING
+             RETURNING message_id",
+        )
+        .bind(&ids)
+        .bind(&school_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        accepted.retain(|(i, c, _)| {
+            if fresh.contains(&c.message_id) {
+                true
+            } else {
+                outcomes[*i] = Some(MessageOutcome::Duplicate);
+                false
+            }
+        });
+
+        let by_id: HashMap<i64, &SchoolRow> = schools.values().map(|s| (s.id, s)).collect();
+        let mut journal = Journal::default();
+
+        // Profiles.
+        let profile_msgs: Vec<(usize, &LasChangeV1, i64)> = accepted
+            .iter()
+            .filter(|(_, c, _)| profile_kind(&c.change).is_some())
+            .copied()
+            .collect();
+        if !profile_msgs.is_empty() {
+            apply_profiles(
+                &mut tx,
+                &profile_msgs,
+                &by_id,
+                &mut outcomes,
+                &mut journal,
+                &mut effects,
+            )
+            .await?;
+        }
+
+        // Groups.
+        let group_msgs: Vec<(usize, &LasChangeV1, i64)> = accepted
+            .iter()
+            .filter(|(_, c, _)| {
+                matches!(c.change, Change::GroupUpserted(_) | Change::GroupRemoved(_))
+            })
+            .copied()
+            .collect();
+        if !group_msgs.is_empty() {
+            apply_groups(&mut tx, &group_msgs, &mut outcomes, &mut journal).await?;
+        }
+
+        journal.write(&mut tx).await?;
+
+        let synced: Vec<i64> = accepted
+            .iter()
+            .map(|(_, _, s)| *s)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !synced.is_empty() {
+            sqlx::query("UPDATE schools SET last_sync_at = now() WHERE id = ANY($1)")
+                .bind(&synced)
+                .execute(&mut *tx)
+                .await?;
+            effects.schools_synced = synced
+                .iter()
+                .filter_map(|id| by_id.get(id).map(|s| s.brin.clone()))
+                .collect();
+        }
+
+        tx.commit().await?;
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(MessageOutcome::Stale))
+            .collect();
+        Ok((outcomes, effects))
+    }
+}
+
+fn profile_kind(c: &Change) -> Option<ProfileKind> {
+    match c {
+        Change::StudentUpserted(_) | Change::StudentRemoved(_) => Some(ProfileKind::Student),
+        Change::GuardianUpserted(_) | Change::GuardianRemoved(_) => Some(ProfileKind::Guardian),
+        Change::StaffUpserted(_) | Change::StaffRemoved(_) => Some(ProfileKind::Staff),
+        _ => None,
+    }
+}
+
+fn settings_from_row(row: &sqlx::postgres::PgRow) -> Result<SchoolSettings, sqlx::Error> {
+    let system: String = row.try_get("las_system")?;
+    Ok(SchoolSettings {
+        system: LasSystem::parse(&system).unwrap_or(LasSystem::Parnassys),
+        environment_id: row.try_get("environment_id")?,
+        label: row.try_get("environment_label")?,
+        intake_weeks_ahead: row
+            .try_get::<Option<i32>, _>("intake_weeks_ahead")?
+            .map(|w| w.max(0) as u32),
+        default_staff_role: row.try_get("default_staff_role")?,
+        link_staff_to_groups: row.try_get("link_staff_to_groups")?,
+        esis_composite_groups: row.try_get("esis_composite_groups")?,
+        retention_days: row.try_get::<i32, _>("retention_days")?.max(0) as u32,
+    })
+}
+
+const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days";
+
+async fn load_schools(
+    tx: &mut Transaction<'_, Postgres>,
+    brins: &[String],
+) -> Result<HashMap<String, SchoolRow>, StoreError> {
+    if brins.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SCHOOL_COLUMNS} FROM schools WHERE brin = ANY($1)"
+    )))
+    .bind(brins)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let brin: String = row.try_get("brin")?;
+        out.insert(
+            brin.clone(),
+            SchoolRow {
+                id: row.try_get("id")?,
+                brin,
+                settings: settings_from_row(&row)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// R6: link a school to its one LAS environment, or change its settings.
+async fn apply_link(
+    tx: &mut Transaction<'_, Postgres>,
+    link: &PortalLinkV1,
+) -> Result<MessageOutcome, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SCHOOL_COLUMNS} FROM schools WHERE brin = $1 FOR UPDATE"
+    )))
+    .bind(&link.brin)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let existing = row.as_ref().map(settings_from_row).transpose()?;
+    let settings = match rules::link_settings(existing.as_ref(), link) {
+        Ok(s) => s,
+        Err(r) => {
+            return Ok(MessageOutcome::Rejected(
+                Rejection::new(r.reason, r.text).with_message_id(link.message_id),
+            ));
+        }
+    };
+    let fresh = sqlx::query(
+        "INSERT INTO processed_messages (message_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(link.message_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if fresh == 0 {
+        return Ok(MessageOutcome::Duplicate);
+    }
+    let mapping =
+        serde_json::to_value(link.group_mapping.clone().unwrap_or_default()).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO schools (brin, las_system, environment_id, environment_label, intake_weeks_ahead,
+             default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, group_mapping)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (brin) DO UPDATE SET
+             environment_label = EXCLUDED.environment_label,
+             intake_weeks_ahead = EXCLUDED.intake_weeks_ahead,
+             default_staff_role = EXCLUDED.default_staff_role,
+             link_staff_to_groups = EXCLUDED.link_staff_to_groups,
+             esis_composite_groups = EXCLUDED.esis_composite_groups,
+             retention_days = EXCLUDED.retention_days,
+             group_mapping = EXCLUDED.group_mapping,
+             updated_at = now()",
+    )
+    .bind(&link.brin)
+    .bind(settings.system.as_str())
+    .bind(&settings.environment_id)
+    .bind(&settings.label)
+    .bind(settings.intake_weeks_ahead.map(|w| w as i32))
+    .bind(&settings.default_staff_role)
+    .bind(settings.link_staff_to_groups)
+    .bind(settings.esis_composite_groups)
+    .bind(settings.retention_days.min(i32::MAX as u32) as i32)
+    .bind(mapping)
+    .execute(&mut **tx)
+    .await?;
+    let decision = if existing.is_some() {
+        rules::Action::Overwritten
+    } else {
+        rules::Action::Created
+    };
+    Ok(MessageOutcome::Applied {
+        decisions: vec![Decision {
+            rule: rules::Rule::R6,
+            action: decision,
+            field: None,
+        }],
+    })
+}
+
+#[derive(Default)]
+struct Journal {
+    school_id: Vec<i64>,
+    message_id: Vec<Uuid>,
+    kind: Vec<String>,
+    las_key: Vec<String>,
+    version: Vec<i64>,
+    decisions: Vec<String>,
+}
+
+impl Journal {
+    fn push(
+        &mut self,
+        school_id: i64,
+        message_id: Uuid,
+        kind: &str,
+        las_key: &str,
+        version: i64,
+        decisions: &[Decision],
+    ) {
+        self.school_id.push(school_id);
+        self.message_id.push(message_id);
+        self.kind.push(kind.to_owned());
+        self.las_key.push(las_key.to_owned());
+        self.version.push(version);
+        self.decisions.push(
+            decisions
+                .iter()
+                .map(Decision::code)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+
+    async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if self.school_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO change_journal (school_id, message_id, entity_kind, las_key, version, decisions)
+             SELECT s, m, k, l, v, CASE WHEN d = '' THEN '{}'::text[] ELSE string_to_array(d, ',') END
+             FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[]) AS t(s, m, k, l, v, d)",
+        )
+        .bind(&self.school_id)
+        .bind(&self.message_id)
+        .bind(&self.kind)
+        .bind(&self.las_key)
+        .bind(&self.version)
+        .bind(&self.decisions)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+fn status_of(s: &str) -> Option<Status> {
+    match s {
+        "active" => Some(Status::Active),
+        "deactivated" => Some(Status::Deactivated),
+        _ => None,
+    }
+}
+
+const CONTACT_COLUMNS: &str = "first_name, name_prefix, last_name, birth_date, street, postcode, city, phone, mobile, emergency_phone, email";
+
+fn contact_from_row(row: &sqlx::postgres::PgRow) -> Result<Contact, sqlx::Error> {
+    Ok(Contact {
+        first_name: row.try_get("first_name")?,
+        name_prefix: row.try_get("name_prefix")?,
+        last_name: row.try_get("last_name")?,
+        birth_date: row.try_get("birth_date")?,
+        street: row.try_get("street")?,
+        postcode: row.try_get("postcode")?,
+        city: row.try_get("city")?,
+        phone: row.try_get("phone")?,
+        mobile: row.try_get("mobile")?,
+        emergency_phone: row.try_get("emergency_phone")?,
+        email: row.try_get("email")?,
+    })
+}
+
+/// Profiles: lock every row the batch touches (creating placeholder rows for
+/// new keys, in key order, so two replicas never deadlock on inserts), run the
+/// rules on the current state in version order, write the results back.
+async fn apply_profiles(
+    tx: &mut Transaction<'_, Postgres>,
+    msgs: &[(usize, &LasChangeV1, i64)],
+    schools: &HashMap<i64, &SchoolRow>,
+    outcomes: &mut [Option<MessageOutcome>],
+    journal: &mut Journal,
+    effects: &mut BatchEffects,
+) -> Result<(), StoreError> {
+    let keys: Vec<Key> = msgs
+        .iter()
+        .filter_map(|(_, c, s)| {
+            Some((
+                *s,
+                profile_kind(&c.change)?,
+                c.change.las_key()?.trim().to_owned(),
+            ))
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let k_school: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let k_kind: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let k_key: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO profiles (school_id, kind, las_key, status)
+         SELECT s, k, l, 'pending' FROM UNNEST($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS t(s, k, l, n)
+         ORDER BY n
+         ON CONFLICT (school_id, kind, las_key) DO NOTHING",
+    )
+    .bind(&k_school)
+    .bind(&k_kind)
+    .bind(&k_key)
+    .execute(&mut **tx)
+    .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.version, p.role, {CONTACT_COLUMNS}
+         FROM profiles p
+         JOIN UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, l)
+           ON p.school_id = t.s AND p.kind = t.k AND p.las_key = t.l
+         ORDER BY p.id
+         FOR UPDATE OF p"
+    )))
+    .bind(&k_school)
+    .bind(&k_kind)
+    .bind(&k_key)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut slots: HashMap<Key, ProfileSlot> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let kind: String = row.try_get("kind")?;
+        let Some(kind) = ProfileKind::parse(&kind) else {
+            continue;
+        };
+        let status: String = row.try_get("status")?;
+        let current = match status_of(&status) {
+            Some(st) => Some(Profile {
+                contact: contact_from_row(&row)?,
+                status: st,
+                version: row.try_get("version")?,
+                role: row.try_get("role")?,
+            }),
+            None => None,
+        };
+        slots.insert(
+            (row.try_get("school_id")?, kind, row.try_get("las_key")?),
+            ProfileSlot {
+                id: row.try_get("id")?,
+                was_status: current.as_ref().map(|c| c.status),
+                state: current.clone(),
+                current,
+                group_keys: None,
+                student_keys: None,
+                removed: false,
+                message_id: None,
+            },
+        );
+    }
+
+    // Version order per entity: the result equals in-order arrival.
+    let mut order: Vec<&(usize, &LasChangeV1, i64)> = msgs.iter().collect();
+    order.sort_by_key(|(i, c, _)| (c.version, *i));
+    for (i, c, school_id) in order {
+        let Some(kind) = profile_kind(&c.change) else {
+            continue;
+        };
+        let Some(key) = c.change.las_key().map(|k| k.trim().to_owned()) else {
+            continue;
+        };
+        let Some(school) = schools.get(school_id) else {
+            continue;
+        };
+        let Some(slot) = slots.get_mut(&(*school_id, kind, key.clone())) else {
+            continue;
+        };
+        let version = c.version as i64;
+        let outcome = match &c.change {
+            Change::StudentUpserted(r) => rules::apply_profile(
+                slot.state.as_ref(),
+                &LasProfile::from_student(r),
+                version,
+                &school.settings,
+            ),
+            Change::GuardianUpserted(r) => rules::apply_profile(
+                slot.state.as_ref(),
+                &LasProfile::from_guardian(r),
+                version,
+                &school.settings,
+            ),
+            Change::StaffUpserted(r) => rules::apply_profile(
+                slot.state.as_ref(),
+                &LasProfile::from_staff(r),
+                version,
+                &school.settings,
+            ),
+            _ => rules::apply_removal(slot.state.as_ref(), version),
+        };
+        match outcome {
+            Outcome::Stale => outcomes[*i] = Some(MessageOutcome::Stale),
+            Outcome::Applied(Applied {
+                profile,
+                decisions,
+                group_keys,
+                student_keys,
+            }) => {
+                journal.push(
+                    *school_id,
+                    c.message_id,
+                    kind.as_str(),
+                    &key,
+                    version,
+                    &decisions,
+                );
+                slot.removed = profile.status == Status::Deactivated;
+                slot.state = Some(profile);
+                if group_keys.is_some() {
+                    slot.group_keys = group_keys;
+                }
+                if student_keys.is_some() {
+                    slot.student_keys = student_keys;
+                }
+                slot.message_id = Some(c.message_id);
+                outcomes[*i] = Some(MessageOutcome::Applied { decisions });
+            }
+        }
+    }
+
+    // Write back every changed profile in one statement.
+    let mut w = ProfileWrite::default();
+    let mut members = Members::default();
+    let mut links = Links::default();
+    let mut removed_students: Vec<i64> = Vec::new();
+    let mut reactivated_students: Vec<i64> = Vec::new();
+    let mut touched_guardians: Vec<i64> = Vec::new();
+    for ((school_id, kind, key), slot) in &slots {
+        let Some(state) = &slot.state else { continue };
+        if slot.current.as_ref() == Some(state) && slot.message_id.is_none() {
+            continue;
+        }
+        let change = match (slot.was_status, state.status) {
+            (None, Status::Active) => Some("created"),
+            (Some(Status::Deactivated), Status::Active) => Some("reactivated"),
+            (None | Some(Status::Active), Status::Deactivated) => Some("deactivated"),
+            (Some(Status::Active), Status::Active)
+                if slot.current.as_ref().map(|c| &c.contact) != Some(&state.contact) =>
+            {
+                Some("updated")
+            }
+            _ => None,
+        };
+        if let Some(change) = change {
+            *effects.profiles.entry((kind.as_str(), change)).or_default() += 1;
+        }
+        w.push(slot, state);
+        if let Some(groups) = &slot.group_keys {
+            members.replace(*school_id, *kind, key, groups, slot.removed);
+        }
+        if let Some(students) = &slot.student_keys {
+            links.replace(*school_id, key, students);
+        }
+        match (kind, slot.was_status, state.status) {
+            (ProfileKind::Student, _, Status::Deactivated)
+                if slot.was_status != Some(Status::Deactivated) =>
+            {
+                removed_students.push(slot.id)
+            }
+            (ProfileKind::Student, Some(Status::Deactivated), Status::Active) => {
+                reactivated_students.push(slot.id)
+            }
+            (ProfileKind::Guardian, _, Status::Active) => touched_guardians.push(slot.id),
+            _ => {}
+        }
+    }
+    w.write(tx).await?;
+    members.write(tx).await?;
+    links.write(tx).await?;
+    guardian_cascade(
+        tx,
+        &removed_students,
+        &reactivated_students,
+        &touched_guardians,
+        effects,
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct ProfileWrite {
+    id: Vec<i64>,
+    status: Vec<&'static str>,
+    version: Vec<i64>,
+    role: Vec<Option<String>>,
+    message_id: Vec<Option<Uuid>>,
+    first_name: Vec<Option<String>>,
+    name_prefix: Vec<Option<String>>,
+    last_name: Vec<Option<String>>,
+    birth_date: Vec<Option<NaiveDate>>,
+    street: Vec<Option<String>>,
+    postcode: Vec<Option<String>>,
+    city: Vec<Option<String>>,
+    phone: Vec<Option<String>>,
+    mobile: Vec<Option<String>>,
+    emergency_phone: Vec<Option<String>>,
+    email: Vec<Option<String>>,
+}
+
+impl ProfileWrite {
+    fn push(&mut self, slot: &ProfileSlot, p: &Profile) {
+        self.id.push(slot.id);
+        self.status.push(p.status.as_str());
+        self.version.push(p.version);
+        self.role.push(p.role.clone());
+        self.message_id.push(slot.message_id);
+        let c = &p.contact;
+        self.first_name.push(c.first_name.clone());
+        self.name_prefix.push(c.name_prefix.clone());
+        self.last_name.push(c.last_name.clone());
+        self.birth_date.push(c.birth_date);
+        self.street.push(c.street.clone());
+        self.postcode.push(c.postcode.clone());
+        self.city.push(c.city.clone());
+        self.phone.push(c.phone.clone());
+        self.mobile.push(c.mobile.clone());
+        self.emergency_phone.push(c.emergency_phone.clone());
+        self.email.push(c.email.clone());
+    }
+
+    async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE profiles p SET
+                status = t.status, version = t.version, role = t.role, last_message_id = t.message_id,
+                first_name = t.first_name, name_prefix = t.name_prefix, last_name = t.last_name,
+                birth_date = t.birth_date, street = t.street, postcode = t.postcode, city = t.city,
+                phone = t.phone, mobile = t.mobile, emergency_phone = t.emergency_phone, email = t.email,
+                deactivated_at = CASE WHEN t.status = 'deactivated' THEN COALESCE(p.deactivated_at, now()) END,
+                deactivation_reason = CASE WHEN t.status = 'deactivated' THEN 'removed_in_las' END,
+                updated_at = now()
+             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],
+                         $9::date[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
+                  AS t(id, status, version, role, message_id, first_name, name_prefix, last_name,
+                       birth_date, street, postcode, city, phone, mobile, emergency_phone, email)
+             WHERE p.id = t.id",
+        )
+        .bind(&self.id)
+        .bind(&self.status)
+        .bind(&self.version)
+        .bind(&self.role)
+        .bind(&self.message_id)
+        .bind(&self.first_name)
+        .bind(&self.name_prefix)
+        .bind(&self.last_name)
+        .bind(&self.birth_date)
+        .bind(&self.street)
+        .bind(&self.postcode)
+        .bind(&self.city)
+        .bind(&self.phone)
+        .bind(&self.mobile)
+        .bind(&self.emergency_phone)
+        .bind(&self.email)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Group memberships by LAS key.
+#[derive(Default)]
+struct Members {
+    del_school: Vec<i64>,
+    del_kind: Vec<&'static str>,
+    del_key: Vec<String>,
+    del_all_sources: Vec<bool>,
+    ins_school: Vec<i64>,
+    ins_kind: Vec<&'static str>,
+    ins_key: Vec<String>,
+    ins_group: Vec<String>,
+}
+
+impl Members {
+    fn replace(
+        &mut self,
+        school_id: i64,
+        kind: ProfileKind,
+        key: &str,
+        groups: &[String],
+        removed: bool,
+    ) {
+        if kind == ProfileKind::Guardian {
+            return;
+        }
+        self.del_school.push(school_id);
+        self.del_kind.push(kind.as_str());
+        self.del_key.push(key.to_owned());
+        // R12: a removed profile leaves every group, also those a subclass put it in.
+        self.del_all_sources.push(removed);
+        for g in groups {
+            self.ins_school.push(school_id);
+            self.ins_kind.push(kind.as_str());
+            self.ins_key.push(key.to_owned());
+            self.ins_group.push(g.clone());
+        }
+    }
+
+    async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if !self.del_school.is_empty() {
+            sqlx::query(
+                "DELETE FROM memberships m
+                 USING UNNEST($1::int8[], $2::text[], $3::text[], $4::bool[]) AS t(s, k, l, a)
+                 WHERE m.school_id = t.s AND m.member_kind = t.k AND m.member_key = t.l
+                   AND (t.a OR m.source = 'profile')",
+            )
+            .bind(&self.del_school)
+            .bind(&self.del_kind)
+            .bind(&self.del_key)
+            .bind(&self.del_all_sources)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.ins_school.is_empty() {
+            sqlx::query(
+                "INSERT INTO memberships (school_id, member_kind, member_key, group_key, source)
+                 SELECT s, k, l, g, 'profile' FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[]) AS t(s, k, l, g)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.ins_school)
+            .bind(&self.ins_kind)
+            .bind(&self.ins_key)
+            .bind(&self.ins_group)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Guardian to student links by LAS key.
+#[derive(Default)]
+struct Links {
+    del_school: Vec<i64>,
+    del_guardian: Vec<String>,
+    ins_school: Vec<i64>,
+    ins_guardian: Vec<String>,
+    ins_student: Vec<String>,
+}
+
+impl Links {
+    fn replace(&mut self, school_id: i64, guardian: &str, students: &[String]) {
+        self.del_school.push(school_id);
+        self.del_guardian.push(guardian.to_owned());
+        for s in students {
+            self.ins_school.push(school_id);
+            self.ins_guardian.push(guardian.to_owned());
+            self.ins_student.push(s.clone());
+        }
+    }
+
+    async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if !self.del_school.is_empty() {
+            sqlx::query(
+                "DELETE FROM guardian_students g USING UNNEST($1::int8[], $2::text[]) AS t(s, k)
+                 WHERE g.school_id = t.s AND g.guardian_key = t.k",
+            )
+            .bind(&self.del_school)
+            .bind(&self.del_guardian)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.ins_school.is_empty() {
+            sqlx::query(
+                "INSERT INTO guardian_students (school_id, guardian_key, student_key)
+                 SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.ins_school)
+            .bind(&self.ins_guardian)
+            .bind(&self.ins_student)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// R12: a guardian whose students are all gone is deactivated too; one whose
+/// student comes back is active again. Guardians linked to a student the
+/// portal has not seen yet are left alone.
+async fn guardian_cascade(
+    tx: &mut Transaction<'_, Postgres>,
+    removed_students: &[i64],
+    reactivated_students: &[i64],
+    touched_guardians: &[i64],
+    effects: &mut BatchEffects,
+) -> Result<(), StoreError> {
+    if !reactivated_students.is_empty() {
+        let n = sqlx::query(
+            "UPDATE profiles g SET status = 'active', deactivated_at = NULL, deactivation_reason = NULL, updated_at = now()
+             FROM profiles s
+             JOIN guardian_students gs ON gs.school_id = s.school_id AND gs.student_key = s.las_key
+             WHERE s.id = ANY($1) AND g.school_id = gs.school_id AND g.kind = 'guardian'
+               AND g.las_key = gs.guardian_key AND g.status = 'deactivated'
+               AND g.deactivation_reason = 'all_students_removed'",
+        )
+        .bind(reactivated_students)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            *effects
+                .profiles
+                .entry(("guardian", "reactivated"))
+                .or_default() += n;
+        }
+    }
+    if removed_students.is_empty() && touched_guardians.is_empty() {
+        return Ok(());
+    }
+    let n = sqlx::query(
+        "WITH candidates AS (
+             SELECT g.id FROM profiles s
+             JOIN guardian_students gs ON gs.school_id = s.school_id AND gs.student_key = s.las_key
+             JOIN profiles g ON g.school_id = gs.school_id AND g.kind = 'guardian' AND g.las_key = gs.guardian_key
+             WHERE s.id = ANY($1) AND s.kind = 'student'
+             UNION
+             SELECT unnest($2::int8[])
+         )
+         UPDATE profiles g SET status = 'deactivated', deactivated_at = now(),
+                deactivation_reason = 'all_students_removed', updated_at = now()
+         WHERE g.id IN (SELECT id FROM candidates) AND g.status = 'active'
+           AND EXISTS (SELECT 1 FROM guardian_students gs WHERE gs.school_id = g.school_id AND gs.guardian_key = g.las_key)
+           AND NOT EXISTS (
+               SELECT 1 FROM guardian_students gs
+               LEFT JOIN profiles s ON s.school_id = gs.school_id AND s.kind = 'student' AND s.las_key = gs.student_key
+               WHERE gs.school_id = g.school_id AND gs.guardian_key = g.las_key
+                 AND (s.id IS NULL OR s.status <> 'deactivated'))",
+    )
+    .bind(removed_students)
+    .bind(touched_guardians)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if n > 0 {
+        *effects
+            .profiles
+            .entry(("guardian", "deactivated"))
+            .or_default() += n;
+    }
+    Ok(())
+}
+
+/// Groups: the newest version per group wins. R7's composition rules build on
+/// the keys kept here; a removed group is detached and emptied, never deleted.
+async fn apply_groups(
+    tx: &mut Transaction<'_, Postgres>,
+    msgs: &[(usize, &LasChangeV1, i64)],
+    outcomes: &mut [Option<MessageOutcome>],
+    journal: &mut Journal,
+) -> Result<(), StoreError> {
+    // Newest per (school, key) in this batch; older ones in the batch are stale.
+    let mut newest: HashMap<(i64, String), (usize, &LasChangeV1)> = HashMap::new();
+    for (i, c, s) in msgs {
+        let Some(key) = c.change.las_key() else {
+            continue;
+        };
+        let k = (*s, key.trim().to_owned());
+        match newest.get(&k) {
+            Some((j, prev)) if prev.version >= c.version => {
+                let _ = j;
+                outcomes[*i] = Some(MessageOutcome::Stale);
+            }
+            Some((j, _)) => {
+                outcomes[*j] = Some(MessageOutcome::Stale);
+                newest.insert(k, (*i, c));
+            }
+            None => {
+                newest.insert(k, (*i, c));
+            }
+        }
+    }
+    let mut rows: Vec<((i64, String), (usize, &LasChangeV1))> = newest.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut school = Vec::new();
+    let mut key = Vec::new();
+    let mut name: Vec<Option<String>> = Vec::new();
+    let mut las_kind: Vec<Option<&'static str>> = Vec::new();
+    let mut status = Vec::new();
+    let mut years: Vec<String> = Vec::new();
+    let mut students: Vec<String> = Vec::new();
+    let mut version = Vec::new();
+    let mut message = Vec::new();
+    for ((s, k), (_, c)) in &rows {
+        school.push(*s);
+        key.push(k.clone());
+        version.push(c.version as i64);
+        message.push(c.message_id);
+        match &c.change {
+            Change::GroupUpserted(g) => {
+                name.push(rules::normalize(&g.name));
+                las_kind.push(Some(g.kind.as_str()));
+                status.push("active");
+                years.push(join_keys(&g.year_group_keys));
+                students.push(join_keys(&g.student_keys));
+            }
+            _ => {
+                name.push(None);
+                las_kind.push(None);
+                status.push("detached");
+                years.push(String::new());
+                students.push(String::new());
+            }
+        }
+    }
+    let applied: Vec<(i64, String, String)> = sqlx::query_as(
+        "INSERT INTO portal_groups (school_id, las_key, name, las_kind, group_type, status, year_group_keys, student_keys, version, last_message_id)
+         SELECT s, k, n, lk, CASE WHEN lk IN ('class', 'subclass') THEN 'composite' ELSE 'year' END, st,
+                CASE WHEN y = '' THEN '{}'::text[] ELSE string_to_array(y, ',') END,
+                CASE WHEN sk = '' THEN '{}'::text[] ELSE string_to_array(sk, ',') END, v, m
+         FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::uuid[])
+              AS t(s, k, n, lk, st, y, sk, v, m)
+         ORDER BY s, k
+         ON CONFLICT (school_id, las_key) DO UPDATE SET
+             name = CASE WHEN EXCLUDED.status = 'detached' THEN portal_groups.name ELSE EXCLUDED.name END,
+             las_kind = COALESCE(EXCLUDED.las_kind, portal_groups.las_kind),
+             group_type = CASE WHEN EXCLUDED.las_kind IS NULL THEN portal_groups.group_type ELSE EXCLUDED.group_type END,
+             status = EXCLUDED.status,
+             year_group_keys = EXCLUDED.year_group_keys,
+             student_keys = EXCLUDED.student_keys,
+             version = EXCLUDED.version,
+             last_message_id = EXCLUDED.last_message_id,
+             updated_at = now()
+         WHERE portal_groups.version < EXCLUDED.version
+         RETURNING school_id, las_key, status",
+    )
+    .bind(&school)
+    .bind(&key)
+    .bind(&name)
+    .bind(&las_kind)
+    .bind(&status)
+    .bind(&years)
+    .bind(&students)
+    .bind(&version)
+    .bind(&message)
+    .fetch_all(&mut **tx)
+    .await?;
+    let applied_keys: HashMap<(i64, String), String> =
+        applied.into_iter().map(|(s, k, st)| ((s, k), st)).collect();
+    let mut detached_school = Vec::new();
+    let mut detached_key = Vec::new();
+    for (k, (i, c)) in &rows {
+        match applied_keys.get(k) {
+            Some(st) => {
+                let action = if st == "detached" {
+                    rules::Action::Deactivated
+                } else {
+                    rules::Action::Overwritten
+                };
+                let rule = if st == "detached" {
+                    rules::Rule::R7
+                } else {
+                    rules::Rule::R1
+                };
+                let decisions = vec![Decision {
+                    rule,
+                    action,
+                    field: None,
+                }];
+                journal.push(
+                    k.0,
+                    c.message_id,
+                    "group",
+                    &k.1,
+                    c.version as i64,
+                    &decisions,
+                );
+                outcomes[*i] = Some(MessageOutcome::Applied { decisions });
+                if st == "detached" {
+                    detached_school.push(k.0);
+                    detached_key.push(k.1.clone());
+                }
+            }
+            None => outcomes[*i] = Some(MessageOutcome::Stale),
+        }
+    }
+    if !detached_school.is_empty() {
+        // R7: a group the LAS removed is emptied, not deleted.
+        sqlx::query(
+            "DELETE FROM memberships m USING UNNEST($1::int8[], $2::text[]) AS t(s, k)
+             WHERE m.school_id = t.s AND m.group_key = t.k",
+        )
+        .bind(&detached_school)
+        .bind(&detached_key)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn join_keys(keys: &Option<Vec<String>>) -> String {
+    let mut v: Vec<String> = keys
+        .iter()
+        .flatten()
+        .filter_map(|k| rules::normalize(&Some(k.replace(',', " "))))
+        .collect();
+    v.sort();
+    v.dedup();
+    v.join(",")
+}
+
+/// A portal profile as support staff see it with `las-worker show`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProfileView {
+    pub brin: String,
+    pub kind: String,
+    pub las_key: String,
+    pub status: String,
+    pub version: i64,
+    pub first_name: Option<String>,
+    pub name_prefix: Option<String>,
+    pub last_name: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    pub street: Option<String>,
+    pub postcode: Option<String>,
+    pub city: Option<String>,
+    pub phone: Option<String>,
+    pub mobile: Option<String>,
+    pub emergency_phone: Option<String>,
+    pub email: Option<String>,
+    pub role: Option<String>,
+    pub deactivation_reason: Option<String>,
+    pub groups: Vec<GroupRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardians: Option<Vec<LinkRef>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub students: Option<Vec<LinkRef>>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct GroupRef {
+    pub las_key: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct LinkRef {
+    pub las_key: String,
+    /// active, deactivated, or `unknown` when the LAS has not sent it yet.
+    pub status: String,
+}
+
+impl Store {
+    /// The portal's profile for support staff, or `None`.
+    pub async fn show_profile(
+        &self,
+        brin: &str,
+        kind: ProfileKind,
+        las_key: &str,
+    ) -> Result<Option<ProfileView>, StoreError> {
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT p.school_id, p.status, p.version, p.role, p.deactivation_reason, p.updated_at, {CONTACT_COLUMNS}
+             FROM profiles p JOIN schools s ON s.id = p.school_id
+             WHERE s.brin = $1 AND p.kind = $2 AND p.las_key = $3 AND p.status <> 'pending'"
+        )))
+        .bind(brin)
+        .bind(kind.as_str())
+        .bind(las_key)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let school_id: i64 = row.try_get("school_id")?;
+        let contact = contact_from_row(&row)?;
+        let groups: Vec<GroupRef> = sqlx::query_as(
+            "SELECT m.group_key AS las_key, g.name FROM memberships m
+             LEFT JOIN portal_groups g ON g.school_id = m.school_id AND g.las_key = m.group_key
+             WHERE m.school_id = $1 AND m.member_kind = $2 AND m.member_key = $3
+             GROUP BY m.group_key, g.name ORDER BY m.group_key",
+        )
+        .bind(school_id)
+        .bind(kind.as_str())
+        .bind(las_key)
+        .fetch_all(&self.pool)
+        .await?;
+        let (guardians, students) = match kind {
+            ProfileKind::Student => (
+                Some(
+                    sqlx::query_as(
+                        "SELECT gs.guardian_key AS las_key, COALESCE(p.status, 'unknown') AS status
+                         FROM guardian_students gs
+                         LEFT JOIN profiles p ON p.school_id = gs.school_id AND p.kind = 'guardian' AND p.las_key = gs.guardian_key
+                         WHERE gs.school_id = $1 AND gs.student_key = $2 ORDER BY gs.guardian_key",
+                    )
+                    .bind(school_id)
+                    .bind(las_key)
+                    .fetch_all(&self.pool)
+                    .await?,
+                ),
+                None,
+            ),
+            ProfileKind::Guardian => (
+                None,
+                Some(
+                    sqlx::query_as(
+                        "SELECT gs.student_key AS las_key, COALESCE(p.status, 'unknown') AS status
+                         FROM guardian_students gs
+                         LEFT JOIN profiles p ON p.school_id = gs.school_id AND p.kind = 'student' AND p.las_key = gs.student_key
+                         WHERE gs.school_id = $1 AND gs.guardian_key = $2 ORDER BY gs.student_key",
+                    )
+                    .bind(school_id)
+                    .bind(las_key)
+                    .fetch_all(&self.pool)
+                    .await?,
+                ),
+            ),
+            ProfileKind::Staff => (None, None),
+        };
+        Ok(Some(ProfileView {
+            brin: brin.to_owned(),
+            kind: kind.as_str().to_owned(),
+            las_key: las_key.to_owned(),
+            status: row.try_get("status")?,
+            version: row.try_get("version")?,
+            first_name: contact.first_name,
+            name_prefix: contact.name_prefix,
+            last_name: contact.last_name,
+            birth_date: contact.birth_date,
+            street: contact.street,
+            postcode: contact.postcode,
+            city: contact.city,
+            phone: contact.phone,
+            mobile: contact.mobile,
+            emergency_phone: contact.emergency_phone,
+            email: contact.email,
+            role: row.try_get("role")?,
+            deactivation_reason: row.try_get("deactivation_reason")?,
+            groups,
+            guardians,
+            students,
+            updated_at: row.try_get("updated_at")?,
+        }))
+    }
+
+    /// Counts per school for the demo and support: (brin, kind, status, count).
+    pub async fn summary(&self) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.brin, p.kind, p.status, count(*) FROM profiles p JOIN schools s ON s.id = p.school_id
+             WHERE p.status <> 'pending' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
