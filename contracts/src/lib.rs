@@ -57,7 +57,7 @@ pub struct LasChangeV1 {
     pub emitted_at: DateTime<Utc>,
     /// Monotonic per (brin, entity kind, las_key); an older version than the
     /// one applied changes nothing.
-    #[schemars(range(max = 9_223_372_036_854_775_807u64))]
+    #[schemars(range(min = 1, max = 9_223_372_036_854_775_807u64))]
     pub version: u64,
     pub change: Change,
 }

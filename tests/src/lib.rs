@@ -1,1 +1,497 @@
+//! End-to-end harness: every test gets its own PostgreSQL database, its own
+//! RabbitMQ vhost and its own `las-worker run` process (the real binary), and
+//! removes all three when it ends, also when it fails.
+//!
+//! A missing service is a failure with instructions, never a silent skip.
 
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const AMQP_BASE: &str = "amqp://guest:guest@127.0.0.1:5672";
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The worker binary, built once per test run so it is never stale.
+pub fn worker_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("LAS_WORKER_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "las-worker", "--bin", "las-worker"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("running cargo build for the las-worker binary");
+        assert!(status.success(), "building las-worker failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        let bin = target.join("debug").join("las-worker");
+        assert!(
+            bin.exists(),
+            "las-worker binary not found at {}",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run rabbitmqctl ({e}); the e2e tests create a vhost per test with it: install rabbitmq-server"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One isolated world: database, vhost, worker.
+pub struct TestEnv {
+    pub id: String,
+    pub database: String,
+    pub vhost: String,
+    pub metrics_port: u16,
+    pub log_path: PathBuf,
+    pub db: sqlx::PgPool,
+    worker: Option<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    /// A fresh world with a running worker.
+    pub async fn start() -> TestEnv {
+        Self::start_with(&[]).await
+    }
+
+    /// A fresh world; `env` adds or overrides worker settings (e.g. BATCH_SIZE).
+    pub async fn start_with(env: &[(&str, &str)]) -> TestEnv {
+        let mut e = Self::new_world().await;
+        e.extra_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        e.spawn_worker().await;
+        e
+    }
+
+    async fn new_world() -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database = format!("lasw_e2e_{id}");
+        let vhost = format!("lasw-e2e-{id}");
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable at {PG_ADMIN_URL}: {e}. Start it (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) and run the tests again.")
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        rabbitmqctl(&["add_vhost", &vhost]).unwrap_or_else(|e| {
+            panic!("RabbitMQ: {e}. Start it with `rabbitmq-server -detached`.")
+        });
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]).unwrap();
+        let db = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{database}"))
+            .await
+            .unwrap();
+        let logs = workspace_root().join("target").join("e2e-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        TestEnv {
+            log_path: logs.join(format!("{id}.log")),
+            id,
+            database,
+            vhost,
+            metrics_port: free_port(),
+            db,
+            worker: None,
+            extra_env: vec![],
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.database)
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("{AMQP_BASE}/{}", self.vhost)
+    }
+
+    /// Starts (or restarts) `las-worker run` and waits until it is ready.
+    pub async fn spawn_worker(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(worker_bin());
+        cmd.arg("run")
+            .env("DATABASE_URL", self.database_url())
+            .env("AMQP_URL", self.amqp_url())
+            .env("METRICS_ADDR", format!("127.0.0.1:{}", self.metrics_port))
+            .env("LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                "debug,sqlx=warn,lapin=warn,amq_protocol=warn,hyper=warn",
+            )
+            .env("BATCH_MAX_WAIT_MS", "5")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.worker = Some(cmd.spawn().expect("starting las-worker"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((200, _)) = self.http_get("/readyz").await {
+                return;
+            }
+            if let Some(child) = self.worker.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "las-worker exited during start-up with {status}; log: {}\n{}",
+                    self.log_path.display(),
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "las-worker not ready within 60 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the worker to exit; returns how long it took.
+    pub fn stop_worker(&mut self) -> Option<Duration> {
+        let mut child = self.worker.take()?;
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A minimal HTTP GET against the worker's endpoints: (status, body).
+    pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// Sum of `las_messages_total` per outcome.
+    pub async fn message_counts(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        let Some((_, body)) = self.http_get("/metrics").await else {
+            return out;
+        };
+        for line in body
+            .lines()
+            .filter(|l| l.starts_with("las_messages_total{"))
+        {
+            let outcome = line
+                .split("outcome=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("");
+            let n: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *out.entry(outcome.to_owned()).or_default() += n as u64;
+        }
+        out
+    }
+
+    /// Waits until the worker has handled at least `n` messages in total.
+    pub async fn wait_handled(&self, n: u64) -> BTreeMap<String, u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let counts = self.message_counts().await;
+            if counts.values().sum::<u64>() >= n {
+                return counts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker handled {counts:?}, expected {n} messages in total; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes raw bodies to an exchange with a routing key, with confirms.
+    pub async fn publish_raw(&self, exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
+        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for body in bodies {
+            let confirm = ch
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack(), "broker did not confirm a publish");
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// Publishes messages to the exchange and routing key their own fields name.
+    pub async fn publish(&self, msgs: &[Value]) {
+        for m in msgs {
+            let (exchange, key) = route(m);
+            self.publish_raw(&exchange, &key, &[serde_json::to_vec(m).unwrap()])
+                .await;
+        }
+    }
+
+    /// Runs `las-worker show`; `None` when it exits 1 (no such profile).
+    pub fn show(&self, brin: &str, kind: &str, las_key: &str) -> Option<Value> {
+        let out = Command::new(worker_bin())
+            .args(["show", "--brin", brin, "--kind", kind, "--las-key", las_key])
+            .env("DATABASE_URL", self.database_url())
+            .env("LOG_FORMAT", "json")
+            .output()
+            .unwrap();
+        match out.status.code() {
+            Some(0) => Some(serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "show printed no JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            })),
+            Some(1) => {
+                assert!(
+                    out.stdout.is_empty(),
+                    "show must print nothing when there is no profile"
+                );
+                None
+            }
+            other => panic!(
+                "show exited with {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// Takes every message from the dead-letter queue: (headers, body).
+    pub async fn dead_letters(&self) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                las_contracts::DEAD_LETTER_QUEUE.into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.delivery.properties.headers() {
+                for (k, v) in h.inner() {
+                    let v = match v {
+                        AMQPValue::LongString(s) => {
+                            String::from_utf8_lossy(s.as_bytes()).into_owned()
+                        }
+                        other => format!("{other:?}"),
+                    };
+                    headers.insert(k.to_string(), v);
+                }
+            }
+            out.push((headers, m.delivery.data.clone()));
+        }
+        let _ = conn.close(200, "done".into()).await;
+        out
+    }
+
+    /// Waits until `n` dead letters are queued, then takes them.
+    pub async fn wait_dead_letters(&self, n: usize) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut got = Vec::new();
+        loop {
+            got.extend(self.dead_letters().await);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} dead letters, got {}; log:\n{}",
+                got.len(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Links a school and waits until the worker has stored it.
+    pub async fn link(&self, link: Value) {
+        let brin = link["brin"].as_str().unwrap().to_owned();
+        self.publish(&[link]).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM schools WHERE brin = $1")
+                .bind(&brin)
+                .fetch_one(&self.db)
+                .await
+                .unwrap_or(0);
+            if n == 1 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "school {brin} was not linked; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.stop_worker();
+        let _ = Command::new("psql")
+            .args([
+                PG_ADMIN_URL,
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+    }
+}
+
+/// Exchange and routing key of a message, from its own fields.
+pub fn route(m: &Value) -> (String, String) {
+    let brin = m["brin"].as_str().unwrap_or("0000");
+    match m["schema"].as_str() {
+        Some("portal.link.v1") => (
+            las_contracts::PORTAL_REQUESTS_EXCHANGE.into(),
+            format!("portal.{brin}.link"),
+        ),
+        _ => (
+            las_contracts::LAS_CHANGES_EXCHANGE.into(),
+            format!(
+                "las.{brin}.{}",
+                m["change"]["type"].as_str().unwrap_or("unknown")
+            ),
+        ),
+    }
+}
+
+/// A ParnasSys link for `brin` with environment `env`.
+pub fn parnassys_link(brin: &str, env: &str) -> Value {
+    json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": brin, "system": "parnassys", "environment_id": env})
+}
+
+/// An ESIS link labelled `BasisOnline Ouderportaal`.
+pub fn esis_link(brin: &str, env: &str) -> Value {
+    json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": brin, "system": "esis", "environment_id": env, "label": las_contracts::ESIS_PORTAL_LABEL})
+}
+
+/// The source of a ParnasSys environment.
+pub fn parnassys(env: &str) -> Value {
+    json!({"system": "parnassys", "environment_id": env, "label": null})
+}
+
+/// The source of an ESIS environment with a label.
+pub fn esis(env: &str, label: &str) -> Value {
+    json!({"system": "esis", "environment_id": env, "label": label})
+}
+
+/// A change message with a fresh id.
+pub fn change(brin: &str, source: Value, version: u64, change: Value) -> Value {
+    json!({
+        "schema": "las.change.v1",
+        "message_id": uuid::Uuid::new_v4(),
+        "brin": brin,
+        "source": source,
+        "emitted_at": chrono::Utc::now().to_rfc3339(),
+        "version": version,
+        "change": change,
+    })
+}
+
+/// Reads a header table value as text (for tests that inspect raw headers).
+pub fn header_text(h: &FieldTable, key: &str) -> Option<String> {
+    h.inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == key)
+        .map(|(_, v)| match v {
+            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => format!("{other:?}"),
+        })
+}

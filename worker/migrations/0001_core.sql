@@ -27,7 +27,11 @@ CREATE TABLE profiles (
     las_key              TEXT NOT NULL,
     -- 'pending' only exists inside an import transaction (a row lock holder).
     status               TEXT NOT NULL CHECK (status IN ('pending', 'active', 'deactivated')),
+    -- Highest LAS version applied (status, groups); version of the upsert the
+    -- imported fields come from; version of the upsert the e-mail comes from (R4).
     version              BIGINT NOT NULL DEFAULT 0,
+    data_version         BIGINT NOT NULL DEFAULT 0,
+    email_version        BIGINT NOT NULL DEFAULT 0,
     -- Imported fields (R3).
     first_name           TEXT,
     name_prefix          TEXT,

@@ -322,8 +322,13 @@ impl Status {
 pub struct Profile {
     pub contact: Contact,
     pub status: Status,
-    /// Highest LAS version applied; 0 when none yet.
+    /// Highest LAS version applied (upsert or removal): decides the status and
+    /// the group memberships. 0 when none yet.
     pub version: i64,
+    /// Version of the upsert the imported fields and links come from.
+    pub data_version: i64,
+    /// Version of the upsert the e-mail comes from (R4 keeps it across blanks).
+    pub email_version: i64,
     /// Portal role (staff). Set at creation only (R8).
     pub role: Option<String>,
 }
@@ -474,103 +479,109 @@ pub struct Applied {
 /// The result of offering a versioned LAS record to a profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Applied(Applied),
+    Applied(Box<Applied>),
     /// The version is not newer than the one applied: nothing changes.
     Stale,
 }
 
 /// R1-R5, R8, R12: apply one LAS profile record at `version` to the portal's profile.
+///
+/// Order independence: the result equals applying every record in version
+/// order, whatever order they arrive in. The imported fields come from the
+/// newest upsert, the e-mail from the newest upsert that had one (R4), the
+/// status and groups from the newest upsert or removal. So an older upsert
+/// that arrives late can still supply the e-mail a newer one left blank.
 pub fn apply_profile(
     current: Option<&Profile>,
     las: &LasProfile,
     version: i64,
     school: &SchoolSettings,
 ) -> Outcome {
-    if current.is_some_and(|c| version <= c.version) {
+    let base = current.cloned().unwrap_or(Profile {
+        contact: Contact::default(),
+        status: Status::Active,
+        version: 0,
+        data_version: 0,
+        email_version: 0,
+        role: None,
+    });
+    let newer_status = version > base.version;
+    let newer_data = version > base.data_version;
+    let email_policy = policy(las.kind, school.system, Field::Email);
+    let las_email = las.contact.email.as_deref();
+    let email_valid = las_email.is_some_and(is_valid_email);
+    let newer_email =
+        email_policy == Policy::ImportKeepOnBlank && email_valid && version > base.email_version;
+    if !newer_status && !newer_data && !newer_email {
         return Outcome::Stale;
     }
+
     let mut decisions = Vec::new();
-    let existing = current.filter(|c| c.version > 0);
-    let mut contact = existing.map(|c| c.contact.clone()).unwrap_or_default();
-    let role = match existing {
-        Some(c) => c.role.clone(),
-        None => {
-            decisions.push(Decision::new(Rule::R1, Action::Created, None));
-            if las.kind == ProfileKind::Staff {
-                decisions.push(Decision::new(Rule::R8, Action::RoleAssigned, None));
-                Some(school.default_staff_role.clone())
-            } else {
-                None
-            }
-        }
-    };
-    if existing.is_some_and(|c| c.status == Status::Deactivated) {
+    let mut p = base.clone();
+    if newer_data && base.data_version == 0 {
+        decisions.push(Decision::new(Rule::R1, Action::Created, None));
+    }
+    if las.kind == ProfileKind::Staff && p.role.is_none() {
+        decisions.push(Decision::new(Rule::R8, Action::RoleAssigned, None));
+        p.role = Some(school.default_staff_role.clone());
+    }
+    if newer_status && base.version > 0 && base.status == Status::Deactivated {
         decisions.push(Decision::new(Rule::R1, Action::Reactivated, None));
     }
 
     for field in Field::ALL {
-        let old = contact.get(field);
+        let old = p.contact.get(field);
         let new = las.contact.get(field);
         match policy(las.kind, school.system, field) {
-            Policy::Import => {
-                if new != old {
-                    let (rule, action) = if new.is_some() {
-                        (Rule::R1, Action::Overwritten)
-                    } else {
-                        (Rule::R2, Action::Cleared)
-                    };
-                    decisions.push(Decision::new(rule, action, Some(field)));
-                    contact.set(field, new);
-                }
+            Policy::Import if newer_data && new != old => {
+                let (rule, action) = if new.is_some() {
+                    (Rule::R1, Action::Overwritten)
+                } else {
+                    (Rule::R2, Action::Cleared)
+                };
+                decisions.push(Decision::new(rule, action, Some(field)));
+                p.contact.set(field, new);
             }
             Policy::ImportKeepOnBlank => {
-                let valid = match &new {
-                    Value::Text(Some(s)) => {
-                        if is_valid_email(s) {
-                            true
-                        } else {
-                            decisions.push(Decision::new(
-                                Rule::R4,
-                                Action::InvalidEmail,
-                                Some(field),
-                            ));
-                            false
-                        }
-                    }
-                    _ => false,
-                };
-                if valid {
+                if las_email.is_some() && !email_valid {
+                    decisions.push(Decision::new(Rule::R4, Action::InvalidEmail, Some(field)));
+                }
+                if newer_email {
                     if new != old {
                         decisions.push(Decision::new(Rule::R1, Action::Overwritten, Some(field)));
-                        contact.set(field, new);
+                        p.contact.set(field, new);
                     }
-                } else if old.is_some() {
+                    p.email_version = version;
+                } else if newer_data && !email_valid && old.is_some() {
                     decisions.push(Decision::new(Rule::R4, Action::Kept, Some(field)));
                 }
             }
-            Policy::Clear => {
+            Policy::Clear if newer_data => {
                 if new.is_some() {
                     decisions.push(Decision::new(Rule::R3, Action::Ignored, Some(field)));
                 }
                 if old.is_some() {
                     decisions.push(Decision::new(Rule::R3, Action::Cleared, Some(field)));
-                    contact.set(field, Value::Text(None));
+                    p.contact.set(field, Value::Text(None));
                 }
             }
-            Policy::NotImported => {
-                if new.is_some() {
-                    let rule = if field == Field::EmergencyPhone {
-                        Rule::R3
-                    } else {
-                        Rule::R5
-                    };
-                    decisions.push(Decision::new(rule, Action::Ignored, Some(field)));
-                }
+            Policy::NotImported if newer_data && new.is_some() => {
+                let rule = if field == Field::EmergencyPhone {
+                    Rule::R3
+                } else {
+                    Rule::R5
+                };
+                decisions.push(Decision::new(rule, Action::Ignored, Some(field)));
             }
+            _ => {}
         }
+    }
+    if newer_data {
+        p.data_version = version;
     }
 
     let group_keys = match las.kind {
+        _ if !newer_status => None,
         ProfileKind::Guardian => None,
         ProfileKind::Staff if !school.link_staff_to_groups => {
             decisions.push(Decision::new(Rule::R8, Action::GroupsLeftAlone, None));
@@ -582,21 +593,20 @@ pub fn apply_profile(
         }
     };
     let student_keys = match las.kind {
-        ProfileKind::Guardian => Some(las.student_keys.clone()),
+        ProfileKind::Guardian if newer_data => Some(las.student_keys.clone()),
         _ => None,
     };
+    if newer_status {
+        p.status = Status::Active;
+        p.version = version;
+    }
 
-    Outcome::Applied(Applied {
-        profile: Profile {
-            contact,
-            status: Status::Active,
-            version,
-            role,
-        },
+    Outcome::Applied(Box::new(Applied {
+        profile: p,
         decisions,
         group_keys,
         student_keys,
-    })
+    }))
 }
 
 /// R12: a profile removed in the LAS is deactivated and leaves all its groups.
@@ -607,22 +617,26 @@ pub fn apply_removal(current: Option<&Profile>, version: i64) -> Outcome {
     if current.is_some_and(|c| version <= c.version) {
         return Outcome::Stale;
     }
-    let existing = current.filter(|c| c.version > 0);
+    let mut p = current.cloned().unwrap_or(Profile {
+        contact: Contact::default(),
+        status: Status::Active,
+        version: 0,
+        data_version: 0,
+        email_version: 0,
+        role: None,
+    });
     let mut decisions = Vec::new();
-    if existing.is_none_or(|c| c.status == Status::Active) {
+    if p.status == Status::Active {
         decisions.push(Decision::new(Rule::R12, Action::Deactivated, None));
     }
-    Outcome::Applied(Applied {
-        profile: Profile {
-            contact: existing.map(|c| c.contact.clone()).unwrap_or_default(),
-            status: Status::Deactivated,
-            version,
-            role: existing.and_then(|c| c.role.clone()),
-        },
+    p.status = Status::Deactivated;
+    p.version = version;
+    Outcome::Applied(Box::new(Applied {
+        profile: p,
         decisions,
         group_keys: Some(vec![]),
         student_keys: None,
-    })
+    }))
 }
 
 /// Why R6 refuses a message or a link.
@@ -762,7 +776,7 @@ mod tests {
 
     fn applied(o: Outcome) -> Applied {
         match o {
-            Outcome::Applied(a) => a,
+            Outcome::Applied(a) => *a,
             Outcome::Stale => panic!("expected an applied outcome"),
         }
     }
@@ -776,6 +790,8 @@ mod tests {
             contact,
             status: Status::Active,
             version,
+            data_version: version,
+            email_version: version,
             role: None,
         }
     }
@@ -1092,6 +1108,7 @@ mod tests {
         assert!(has(&a, Rule::R8, Action::RoleAssigned, None));
         let mut changed = a.profile.clone();
         changed.role = Some("Directeur".into());
+        assert_eq!(changed.version, 1);
         let b = applied(apply_profile(Some(&changed), &las, 2, &sch));
         assert_eq!(b.profile.role.as_deref(), Some("Directeur"));
         assert!(!has(&b, Rule::R8, Action::RoleAssigned, None));
@@ -1133,23 +1150,56 @@ mod tests {
     fn r12_removal_before_upsert_leaves_a_tombstone_that_wins() {
         let tomb = applied(apply_removal(None, 5)).profile;
         assert_eq!(tomb.status, Status::Deactivated);
-        assert_eq!(
-            apply_profile(
-                Some(&tomb),
-                &guardian(None, None),
-                4,
-                &school(LasSystem::Esis)
-            ),
-            Outcome::Stale
-        );
-        let back = applied(apply_profile(
+        // An older upsert arriving late fills the data, as in-order arrival
+        // would have, but the profile stays deactivated and out of groups.
+        let late = applied(apply_profile(
             Some(&tomb),
+            &guardian(s("a@b.nl"), None),
+            4,
+            &school(LasSystem::Esis),
+        ));
+        assert_eq!(late.profile.status, Status::Deactivated);
+        assert_eq!(late.profile.contact.first_name.as_deref(), Some("Anna"));
+        assert_eq!(late.group_keys, None);
+        let back = applied(apply_profile(
+            Some(&late.profile),
             &guardian(None, None),
             6,
             &school(LasSystem::Esis),
         ));
         assert_eq!(back.profile.status, Status::Active);
         assert!(has(&back, Rule::R1, Action::Reactivated, None));
+    }
+
+    #[test]
+    fn r4_older_email_arriving_after_a_newer_blank_is_still_kept() {
+        let sch = school(LasSystem::Parnassys);
+        // In order: v1 sets the e-mail, v2 has none -> e-mail of v1.
+        let v1 = applied(apply_profile(None, &guardian(s("a@b.nl"), None), 1, &sch)).profile;
+        let in_order = applied(apply_profile(Some(&v1), &guardian(None, None), 2, &sch)).profile;
+        // Reversed: v2 first, then v1 arrives late.
+        let v2 = applied(apply_profile(None, &guardian(None, None), 2, &sch)).profile;
+        let reversed = applied(apply_profile(
+            Some(&v2),
+            &guardian(s("a@b.nl"), None),
+            1,
+            &sch,
+        ))
+        .profile;
+        assert_eq!(in_order, reversed);
+        assert_eq!(reversed.contact.email.as_deref(), Some("a@b.nl"));
+        // But a late older e-mail never beats a newer one.
+        let v3 = applied(apply_profile(
+            Some(&reversed),
+            &guardian(s("new@b.nl"), None),
+            3,
+            &sch,
+        ))
+        .profile;
+        assert_eq!(
+            apply_profile(Some(&v3), &guardian(s("old@b.nl"), None), 2, &sch),
+            Outcome::Stale
+        );
     }
 
     #[test]

@@ -558,7 +558,7 @@ async fn apply_profiles(
     .execute(&mut **tx)
     .await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.version, p.role, {CONTACT_COLUMNS}
+        "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.version, p.data_version, p.email_version, p.role, {CONTACT_COLUMNS}
          FROM profiles p
          JOIN UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, l)
            ON p.school_id = t.s AND p.kind = t.k AND p.las_key = t.l
@@ -582,6 +582,8 @@ async fn apply_profiles(
                 contact: contact_from_row(&row)?,
                 status: st,
                 version: row.try_get("version")?,
+                data_version: row.try_get("data_version")?,
+                email_version: row.try_get("email_version")?,
                 role: row.try_get("role")?,
             }),
             None => None,
@@ -641,12 +643,13 @@ async fn apply_profiles(
         };
         match outcome {
             Outcome::Stale => outcomes[*i] = Some(MessageOutcome::Stale),
-            Outcome::Applied(Applied {
-                profile,
-                decisions,
-                group_keys,
-                student_keys,
-            }) => {
+            Outcome::Applied(applied) => {
+                let Applied {
+                    profile,
+                    decisions,
+                    group_keys,
+                    student_keys,
+                } = *applied;
                 journal.push(
                     *school_id,
                     c.message_id,
@@ -734,6 +737,8 @@ struct ProfileWrite {
     id: Vec<i64>,
     status: Vec<&'static str>,
     version: Vec<i64>,
+    data_version: Vec<i64>,
+    email_version: Vec<i64>,
     role: Vec<Option<String>>,
     message_id: Vec<Option<Uuid>>,
     first_name: Vec<Option<String>>,
@@ -754,6 +759,8 @@ impl ProfileWrite {
         self.id.push(slot.id);
         self.status.push(p.status.as_str());
         self.version.push(p.version);
+        self.data_version.push(p.data_version);
+        self.email_version.push(p.email_version);
         self.role.push(p.role.clone());
         self.message_id.push(slot.message_id);
         let c = &p.contact;
@@ -780,13 +787,16 @@ impl ProfileWrite {
                 first_name = t.first_name, name_prefix = t.name_prefix, last_name = t.last_name,
                 birth_date = t.birth_date, street = t.street, postcode = t.postcode, city = t.city,
                 phone = t.phone, mobile = t.mobile, emergency_phone = t.emergency_phone, email = t.email,
+                data_version = t.data_version, email_version = t.email_version,
                 deactivated_at = CASE WHEN t.status = 'deactivated' THEN COALESCE(p.deactivated_at, now()) END,
-                deactivation_reason = CASE WHEN t.status = 'deactivated' THEN 'removed_in_las' END,
+                deactivation_reason = CASE WHEN t.status = 'deactivated' THEN
+                    CASE WHEN p.status = 'deactivated' AND p.version = t.version THEN p.deactivation_reason ELSE 'removed_in_las' END END,
                 updated_at = now()
              FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],
-                         $9::date[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
+                         $9::date[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                         $17::int8[], $18::int8[])
                   AS t(id, status, version, role, message_id, first_name, name_prefix, last_name,
-                       birth_date, street, postcode, city, phone, mobile, emergency_phone, email)
+                       birth_date, street, postcode, city, phone, mobile, emergency_phone, email, data_version, email_version)
              WHERE p.id = t.id",
         )
         .bind(&self.id)
@@ -805,6 +815,8 @@ impl ProfileWrite {
         .bind(&self.mobile)
         .bind(&self.emergency_phone)
         .bind(&self.email)
+        .bind(&self.data_version)
+        .bind(&self.email_version)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -1024,7 +1036,8 @@ async fn apply_groups(
             }
         }
     }
-    let mut rows: Vec<((i64, String), (usize, &LasChangeV1))> = newest.into_iter().collect();
+    type Newest<'a> = ((i64, String), (usize, &'a LasChangeV1));
+    let mut rows: Vec<Newest> = newest.into_iter().collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let mut school = Vec::new();
     let mut key = Vec::new();
