@@ -25,8 +25,9 @@ CREATE TABLE profiles (
     school_id            BIGINT NOT NULL REFERENCES schools (id),
     kind                 TEXT NOT NULL CHECK (kind IN ('student', 'guardian', 'staff')),
     las_key              TEXT NOT NULL,
-    -- 'pending' only exists inside an import transaction (a row lock holder).
-    status               TEXT NOT NULL CHECK (status IN ('pending', 'active', 'deactivated')),
+    -- 'pending' only exists inside an import transaction (a row lock holder);
+    -- 'held' is a child under 4 (or its guardian) not imported yet (R9).
+    status               TEXT NOT NULL CHECK (status IN ('pending', 'active', 'held', 'deactivated')),
     -- Highest LAS version applied (status, groups); version of the upsert the
     -- imported fields come from; version of the upsert the e-mail comes from (R4).
     version              BIGINT NOT NULL DEFAULT 0,
@@ -46,6 +47,9 @@ CREATE TABLE profiles (
     email                TEXT,
     -- Set at creation only (R8).
     role                 TEXT,
+    -- R9: the LAS groups of a student (effective only once out of intake).
+    las_group_keys       TEXT[] NOT NULL DEFAULT '{}',
+    in_intake            BOOLEAN NOT NULL DEFAULT FALSE,
     -- Portal-only data (R5): never written by an import.
     allergies            TEXT,
     general_practitioner TEXT,
@@ -60,15 +64,21 @@ CREATE TABLE profiles (
     UNIQUE (school_id, kind, las_key)
 );
 
--- Year groups, composite groups and the intake group (R7, R9).
+-- Year groups, composite groups and the intake group (R7, R9). Portal groups
+-- the school made itself have no las_key until a first run maps them. The
+-- intake group has the reserved key '@intake' (LAS keys never start with '@').
 CREATE TABLE portal_groups (
     id                       BIGSERIAL PRIMARY KEY,
     school_id                BIGINT NOT NULL REFERENCES schools (id),
     las_key                  TEXT,
     name                     TEXT,
-    group_type               TEXT NOT NULL DEFAULT 'year' CHECK (group_type IN ('year', 'composite', 'intake')),
+    -- 'alias': a ParnasSys class of exactly one year group; its members are in that year group (R7).
+    group_type               TEXT NOT NULL DEFAULT 'year' CHECK (group_type IN ('year', 'composite', 'intake', 'alias')),
     las_kind                 TEXT CHECK (las_kind IN ('year', 'class', 'subclass', 'group')),
-    status                   TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'detached')),
+    -- 'skipped': an ESIS composite group while the school's esis_composite_groups is off (R7).
+    status                   TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'detached', 'skipped')),
+    -- For an alias: the LAS key of the year group it stands for.
+    maps_to_key              TEXT,
     parents_see_other_groups BOOLEAN NOT NULL DEFAULT FALSE,
     year_group_keys          TEXT[] NOT NULL DEFAULT '{}',
     student_keys             TEXT[] NOT NULL DEFAULT '{}',
@@ -120,3 +130,34 @@ CREATE TABLE change_journal (
     applied_at   TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX change_journal_entity ON change_journal (school_id, entity_kind, las_key, applied_at);
+
+-- Group-bound items (news, albums, books, calendar, conversation rounds, forms).
+-- The portal owns their content; the worker only keeps them when it renames a
+-- mapped group (R7) and unlinks them at the year rollover (R11).
+CREATE TABLE group_items (
+    id         BIGSERIAL PRIMARY KEY,
+    school_id  BIGINT NOT NULL REFERENCES schools (id),
+    group_id   BIGINT REFERENCES portal_groups (id),
+    item_type  TEXT NOT NULL CHECK (item_type IN ('news', 'photo_album', 'book', 'calendar_item', 'conversation_round', 'form')),
+    title      TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX group_items_group ON group_items (group_id);
+
+-- Daily jobs (R9 intake promotion): one row per job, so a day runs once across replicas.
+CREATE TABLE daily_jobs (
+    job           TEXT PRIMARY KEY,
+    last_run_date DATE NOT NULL,
+    last_run_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- What the portal shows: effective group membership per portal group. A
+-- student in intake is only in the intake group; a member of a class of one
+-- year group is in that year group; detached and skipped groups have no members.
+CREATE VIEW portal_group_members AS
+SELECT g.school_id, g.id AS group_id, g.las_key AS group_key, g.name AS group_name, m.member_kind, m.member_key
+FROM memberships m
+JOIN portal_groups a ON a.school_id = m.school_id AND a.las_key = m.group_key
+JOIN portal_groups g ON g.school_id = a.school_id AND g.las_key = COALESCE(a.maps_to_key, a.las_key)
+JOIN profiles p ON p.school_id = m.school_id AND p.kind = m.member_kind AND p.las_key = m.member_key
+WHERE g.status = 'active' AND a.status = 'active' AND p.status = 'active';

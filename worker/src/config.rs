@@ -121,6 +121,31 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print profile counts per school, kind and status.
     Summary,
+    /// Run the daily job now (R9: import children whose intake window opened,
+    /// move 4-year-olds from intake to their groups). Idempotent.
+    #[command(after_help = "Examples:\n  las-worker tick\n  las-worker tick --date 2027-03-01")]
+    Tick(TickArgs),
+    /// Portal groups (R7).
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TickArgs {
+    /// The school-local date to run for (default: today in Europe/Amsterdam).
+    #[arg(long)]
+    pub date: Option<chrono::NaiveDate>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum GroupsCommand {
+    /// Portal groups no LAS group feeds any more: removed in the LAS or not
+    /// mapped at the first run. Never deleted; printed as JSON lines.
+    #[command(after_help = "Example:\n  las-worker groups leftovers --brin 12AB")]
+    Leftovers {
+        #[arg(long)]
+        brin: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -157,6 +182,13 @@ pub struct RunArgs {
     /// Database connections in the pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
+    /// Pin "today" (YYYY-MM-DD) instead of the local date in Europe/Amsterdam:
+    /// for tests and demos of the intake rules (R9). Never set in production.
+    #[arg(long, env = "LAS_TODAY")]
+    pub today: Option<chrono::NaiveDate>,
+    /// Run the daily job (R9 intake) at start and just after local midnight.
+    #[arg(long, env = "DAILY_JOB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub daily_job: bool,
 }
 
 impl RunArgs {

@@ -251,6 +251,26 @@ pub fn validate_change(m: &LasChangeV1) -> Result<(), Rejection> {
             m.change.type_name()
         )));
     }
+    let lists: Vec<&Option<Vec<String>>> = match &m.change {
+        Change::StudentUpserted(r) => vec![&r.group_keys],
+        Change::GuardianUpserted(r) => vec![&r.student_keys],
+        Change::StaffUpserted(r) => vec![&r.group_keys],
+        Change::GroupUpserted(r) => vec![&r.year_group_keys, &r.student_keys],
+        _ => vec![],
+    };
+    let reserved = m
+        .change
+        .las_key()
+        .is_some_and(|k| k.trim_start().starts_with('@'))
+        || lists
+            .iter()
+            .flat_map(|l| l.iter().flatten())
+            .any(|k| k.trim_start().starts_with('@'));
+    if reserved {
+        return Err(bad(
+            "LAS keys must not start with `@`; that prefix is reserved for portal groups such as the intake group",
+        ));
+    }
     if let Change::SchoolYearRolledOver(y) = &m.change
         && y.school_year.trim().is_empty()
     {
@@ -380,6 +400,12 @@ mod tests {
             serde_json::json!({"change": {"type": "student.removed", "las_key": "  "}}),
         ))
         .unwrap_err();
+        assert_eq!(r.reason, RejectReason::ValidationFailed);
+    }
+
+    #[test]
+    fn reserved_key_prefix_is_refused() {
+        let r = parse(&change(serde_json::json!({"change": {"type": "student.upserted", "las_key": "S1", "group_keys": ["@intake"]}}))).unwrap_err();
         assert_eq!(r.reason, RejectReason::ValidationFailed);
     }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use las_worker::bus::{self, BusSettings, Health, QueueKind};
-use las_worker::config::{Cli, Command, PublishArgs, RunArgs, SecretUrl};
+use las_worker::config::{Cli, Command, GroupsCommand, PublishArgs, RunArgs, SecretUrl};
 use las_worker::metrics::Metrics;
-use las_worker::pipeline::Pipeline;
+use las_worker::pipeline::{Clock, Pipeline};
 use las_worker::rules::ProfileKind;
 use las_worker::store::Store;
 use las_worker::{http, telemetry};
@@ -63,6 +63,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Publish(args) => publish(args).await,
+        Command::Tick(args) => {
+            let store = open_store(db, 1, false).await?;
+            let today = args.date.unwrap_or_else(las_worker::pipeline::local_today);
+            let report = store.run_daily(today, true).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Groups(GroupsCommand::Leftovers { brin }) => {
+            let store = open_store(db, 1, false).await?;
+            for l in store.leftovers(&brin).await? {
+                println!("{}", serde_json::to_string(&l)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Summary => {
             let store = open_store(db, 1, false).await?;
             println!(
@@ -156,7 +170,11 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
-    let pipeline = Pipeline::new(store.clone(), metrics.clone());
+    let clock = args.today.map(Clock::Pinned).unwrap_or(Clock::Local);
+    let pipeline = Pipeline::new(store.clone(), metrics.clone(), clock);
+    let daily = args
+        .daily_job
+        .then(|| tokio::spawn(daily_job(store.clone(), metrics.clone(), clock, rx.clone())));
     let router = http::router(metrics.clone(), health.clone(), store.clone());
     let listener_addr = args.metrics_addr;
     let http_rx = rx.clone();
@@ -198,6 +216,9 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     .await;
     if drained.is_err() {
         warn!("consumers did not stop within 25 s; unacknowledged messages will be redelivered");
+    }
+    if let Some(d) = daily {
+        d.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     signal.abort();
@@ -263,5 +284,66 @@ fn route(v: &serde_json::Value) -> anyhow::Result<(String, String)> {
             format!("portal.{brin}.link"),
         )),
         other => bail!("unknown schema {other:?}; expected las.change.v1 or portal.link.v1"),
+    }
+}
+
+/// R9: the daily job, at start and just after every local midnight. The store
+/// makes sure it runs once per day across replicas.
+async fn daily_job(
+    store: Store,
+    metrics: Metrics,
+    clock: Clock,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match store.run_daily(clock.today(), false).await {
+            Ok(r) if r.ran => {
+                metrics.daily_runs.with_label_values(&["ran"]).inc();
+                for (event, n) in [
+                    ("promoted", r.promoted),
+                    ("placed_in_intake", r.placed_in_intake),
+                    ("stays_in_intake", r.stays_in_intake),
+                ] {
+                    metrics.intake.with_label_values(&[event]).inc_by(n);
+                }
+                info!(
+                    placed_in_intake = r.placed_in_intake,
+                    promoted = r.promoted,
+                    stays_in_intake = r.stays_in_intake,
+                    still_held = r.still_held,
+                    "daily job ran"
+                );
+            }
+            Ok(_) => {
+                metrics.daily_runs.with_label_values(&["skipped"]).inc();
+            }
+            Err(e) => {
+                metrics.daily_runs.with_label_values(&["failed"]).inc();
+                warn!(error = %e, "daily job failed; it runs again at the next tick");
+            }
+        }
+        let wait = match clock {
+            Clock::Pinned(_) => Duration::from_secs(24 * 3600),
+            Clock::Local => until_after_local_midnight(),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+    }
+}
+
+/// Time until one minute past the next midnight in Europe/Amsterdam.
+fn until_after_local_midnight() -> Duration {
+    use chrono::TimeZone;
+    let tz = chrono_tz::Europe::Amsterdam;
+    let now = chrono::Utc::now().with_timezone(&tz);
+    let next = now
+        .date_naive()
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 1, 0));
+    match next.and_then(|n| tz.from_local_datetime(&n).earliest()) {
+        Some(at) => (at - now).to_std().unwrap_or(Duration::from_secs(3600)),
+        None => Duration::from_secs(3600),
     }
 }

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub last_sync: IntGaugeVec,
     /// 1 while a consumer is connected and consuming.
     pub consumer_up: IntGaugeVec,
+    /// Intake events (R9): placed, promoted, held back, stays.
+    pub intake: IntCounterVec,
+    /// Runs of the daily job, by outcome (ran, skipped: another replica or already done today).
+    pub daily_runs: IntCounterVec,
     /// Build info.
     pub build_info: IntGauge,
 }
@@ -155,6 +159,18 @@ impl Metrics {
             "1 while the consumer of a queue is connected and consuming.",
             &["queue"],
         );
+        let intake = counter(
+            &registry,
+            "las_intake_events_total",
+            "Children under 4 (R9): placed in intake, promoted out of intake, held back, staying in intake.",
+            &["event"],
+        );
+        let daily_runs = counter(
+            &registry,
+            "las_daily_job_runs_total",
+            "Daily job runs (intake promotion), by outcome.",
+            &["outcome"],
+        );
         let build_info = IntGauge::with_opts(
             Opts::new("las_build_info", "Build information; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -177,7 +193,19 @@ impl Metrics {
             connections,
             last_sync,
             consumer_up,
+            intake,
+            daily_runs,
             build_info,
+        }
+    }
+
+    /// Counts a rule decision, and R9 decisions as intake events too.
+    pub fn record_decision(&self, d: &crate::rules::Decision) {
+        self.decisions
+            .with_label_values(&[d.rule.as_str(), d.action.as_str()])
+            .inc();
+        if d.rule == crate::rules::Rule::R9 {
+            self.intake.with_label_values(&[d.action.as_str()]).inc();
         }
     }
 

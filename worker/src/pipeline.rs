@@ -36,6 +36,31 @@ pub struct Pipeline {
     store: Store,
     metrics: Metrics,
     backoff: ExponentialBuilder,
+    clock: Clock,
+}
+
+/// Where "today" comes from: the school's local date (Europe/Amsterdam, R9),
+/// or a pinned date for tests and demos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Local,
+    Pinned(chrono::NaiveDate),
+}
+
+impl Clock {
+    pub fn today(self) -> chrono::NaiveDate {
+        match self {
+            Clock::Local => local_today(),
+            Clock::Pinned(d) => d,
+        }
+    }
+}
+
+/// Today's date in the Netherlands.
+pub fn local_today() -> chrono::NaiveDate {
+    chrono::Utc::now()
+        .with_timezone(&chrono_tz::Europe::Amsterdam)
+        .date_naive()
 }
 
 /// Backoff for transient failures: 100 ms doubling to 30 s, with jitter, forever.
@@ -49,12 +74,17 @@ pub fn transient_backoff() -> ExponentialBuilder {
 }
 
 impl Pipeline {
-    pub fn new(store: Store, metrics: Metrics) -> Self {
+    pub fn new(store: Store, metrics: Metrics, clock: Clock) -> Self {
         Pipeline {
             store,
             metrics,
             backoff: transient_backoff(),
+            clock,
         }
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     pub fn store(&self) -> &Store {
@@ -197,7 +227,7 @@ impl Pipeline {
     ) -> Result<Result<Vec<MessageOutcome>, StoreError>, Interrupted> {
         let mut backoff = self.backoff.build();
         loop {
-            match self.store.apply_batch(msgs).await {
+            match self.store.apply_batch(msgs, self.clock.today()).await {
                 Ok((outcomes, effects)) => {
                     self.record_effects(&effects);
                     return Ok(Ok(outcomes));

@@ -72,6 +72,24 @@ pub enum Action {
     GroupsLeftAlone,
     /// New staff got the school's default role (R8).
     RoleAssigned,
+    /// A child under 4 is not imported (yet) (R9).
+    HeldBack,
+    /// A child under 4 inside the school's window is placed in the intake group (R9).
+    PlacedInIntake,
+    /// On the 4th birthday the child moved from intake to its LAS groups (R9).
+    Promoted,
+    /// 4 years old but the LAS assigns no group yet: stays in intake (R9).
+    StaysInIntake,
+    /// A ParnasSys year group or ESIS group became a portal year group (R7).
+    YearGroup,
+    /// A class over year groups or a subclass of students became a composite group (R7).
+    CompositeGroup,
+    /// A class of exactly one year group maps to that year group (R7).
+    MappedToYearGroup,
+    /// An ESIS composite group while the school's `esis_composite_groups` is off (R7).
+    CompositeSkipped,
+    /// A group the LAS removed is detached and emptied, never deleted (R7).
+    Detached,
 }
 
 impl Action {
@@ -88,6 +106,15 @@ impl Action {
             Action::GroupsReplaced => "groups_replaced",
             Action::GroupsLeftAlone => "groups_left_alone",
             Action::RoleAssigned => "role_assigned",
+            Action::HeldBack => "held_back",
+            Action::PlacedInIntake => "placed_in_intake",
+            Action::Promoted => "promoted",
+            Action::StaysInIntake => "stays_in_intake",
+            Action::YearGroup => "year_group",
+            Action::CompositeGroup => "composite_group",
+            Action::MappedToYearGroup => "mapped_to_year_group",
+            Action::CompositeSkipped => "composite_skipped",
+            Action::Detached => "detached",
         }
     }
 }
@@ -305,6 +332,9 @@ impl Contact {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Active,
+    /// Known to the worker but not imported: a child under 4 before its
+    /// intake window, or a guardian whose only children are held (R9).
+    Held,
     Deactivated,
 }
 
@@ -312,7 +342,17 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
+            Status::Held => "held",
             Status::Deactivated => "deactivated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Status::Active),
+            "held" => Some(Status::Held),
+            "deactivated" => Some(Status::Deactivated),
+            _ => None,
         }
     }
 }
@@ -331,6 +371,173 @@ pub struct Profile {
     pub email_version: i64,
     /// Portal role (staff). Set at creation only (R8).
     pub role: Option<String>,
+    /// The student's LAS groups, effective once out of intake (R9).
+    pub las_group_keys: Vec<String>,
+    /// The student is in the school's intake group (R9).
+    pub in_intake: bool,
+}
+
+impl Profile {
+    /// A profile the portal has never seen.
+    pub fn empty() -> Self {
+        Profile {
+            contact: Contact::default(),
+            status: Status::Active,
+            version: 0,
+            data_version: 0,
+            email_version: 0,
+            role: None,
+            las_group_keys: vec![],
+            in_intake: false,
+        }
+    }
+}
+
+/// The reserved membership key of the school's intake group (R9). LAS keys
+/// never start with `@` (the contract validation refuses them).
+pub const INTAKE_GROUP_KEY: &str = "@intake";
+/// Name of the intake group when the worker creates it.
+pub const INTAKE_GROUP_NAME: &str = "Instroomgroep";
+
+/// The day a child born on `birth` turns 4. A child born on 29 February
+/// turns 4 on 1 March in a year without 29 February (Dutch civil law).
+pub fn fourth_birthday(birth: NaiveDate) -> NaiveDate {
+    use chrono::Datelike;
+    let year = birth.year() + 4;
+    birth
+        .with_year(year)
+        .or_else(|| NaiveDate::from_ymd_opt(year, 3, 1))
+        .unwrap_or(NaiveDate::MAX)
+}
+
+/// Where a student belongs today (R9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// `Active` or `Held`.
+    pub status: Status,
+    pub in_intake: bool,
+    /// Effective memberships: the LAS groups, the intake group, or none.
+    pub groups: Vec<String>,
+}
+
+/// R9: children under 4 are held back, or placed in the intake group from
+/// `intake_weeks_ahead` weeks before their 4th birthday; on the birthday they
+/// move to their LAS groups, or stay in intake while the LAS assigns none.
+/// `today` is the school's local date (Europe/Amsterdam).
+pub fn place_student(
+    birth: Option<NaiveDate>,
+    las_groups: &[String],
+    was_in_intake: bool,
+    school: &SchoolSettings,
+    today: NaiveDate,
+) -> (Placement, Option<Decision>) {
+    let groups = Placement {
+        status: Status::Active,
+        in_intake: false,
+        groups: las_groups.to_vec(),
+    };
+    let intake = Placement {
+        status: Status::Active,
+        in_intake: true,
+        groups: vec![INTAKE_GROUP_KEY.to_owned()],
+    };
+    // Without a birth date the age is unknown: import as usual.
+    let Some(birth) = birth else {
+        return (groups, None);
+    };
+    let turns_four = fourth_birthday(birth);
+    if today >= turns_four {
+        return match (was_in_intake, las_groups.is_empty()) {
+            (true, true) => (
+                intake,
+                Some(Decision::new(Rule::R9, Action::StaysInIntake, None)),
+            ),
+            (true, false) => (
+                groups,
+                Some(Decision::new(Rule::R9, Action::Promoted, None)),
+            ),
+            (false, _) => (groups, None),
+        };
+    }
+    let window_opens = school
+        .intake_weeks_ahead
+        .and_then(|w| turns_four.checked_sub_days(chrono::Days::new(7 * u64::from(w))));
+    match window_opens {
+        Some(opens) if today >= opens => {
+            let d = (!was_in_intake).then(|| Decision::new(Rule::R9, Action::PlacedInIntake, None));
+            (intake, d)
+        }
+        _ => (
+            Placement {
+                status: Status::Held,
+                in_intake: false,
+                groups: vec![],
+            },
+            Some(Decision::new(Rule::R9, Action::HeldBack, None)),
+        ),
+    }
+}
+
+/// How a LAS group becomes a portal group (R7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupShape {
+    Year,
+    Composite,
+    /// A class of exactly one year group: its members are in that year group.
+    Alias(String),
+    /// An ESIS composite group while `esis_composite_groups` is off.
+    Skipped,
+}
+
+impl GroupShape {
+    pub fn group_type(&self) -> &'static str {
+        match self {
+            GroupShape::Year => "year",
+            GroupShape::Composite | GroupShape::Skipped => "composite",
+            GroupShape::Alias(_) => "alias",
+        }
+    }
+}
+
+/// R7: the shape of a LAS group in the portal.
+pub fn plan_group(
+    g: &las_contracts::GroupRecord,
+    school: &SchoolSettings,
+) -> Result<(GroupShape, Decision), SourceRefusal> {
+    use las_contracts::GroupKind;
+    let years = normalize_keys(&g.year_group_keys);
+    let shape = match (school.system, g.kind) {
+        (LasSystem::Parnassys, GroupKind::Year) => GroupShape::Year,
+        (LasSystem::Parnassys, GroupKind::Class) if years.len() == 1 => {
+            GroupShape::Alias(years[0].clone())
+        }
+        (LasSystem::Parnassys, GroupKind::Class | GroupKind::Subclass) => GroupShape::Composite,
+        (LasSystem::Esis, GroupKind::Group) if years.is_empty() => GroupShape::Year,
+        (LasSystem::Esis, GroupKind::Group) if years.len() == 1 => {
+            GroupShape::Alias(years[0].clone())
+        }
+        (LasSystem::Esis, GroupKind::Group) if school.esis_composite_groups => {
+            GroupShape::Composite
+        }
+        (LasSystem::Esis, GroupKind::Group) => GroupShape::Skipped,
+        (system, kind) => {
+            return Err(refuse(
+                las_contracts::RejectReason::ValidationFailed,
+                format!(
+                    "group kind `{}` does not exist in {}; ParnasSys sends year, class and subclass, ESIS sends group (R7)",
+                    kind.as_str(),
+                    system.as_str()
+                ),
+            ));
+        }
+    };
+    let action = match &shape {
+        GroupShape::Year => Action::YearGroup,
+        GroupShape::Composite => Action::CompositeGroup,
+        GroupShape::Alias(_) => Action::MappedToYearGroup,
+        GroupShape::Skipped => Action::CompositeSkipped,
+    };
+    Ok((shape, Decision::new(Rule::R7, action, None)))
 }
 
 /// The school's link settings, with the defaults of RULES.md.
@@ -496,15 +703,9 @@ pub fn apply_profile(
     las: &LasProfile,
     version: i64,
     school: &SchoolSettings,
+    today: NaiveDate,
 ) -> Outcome {
-    let base = current.cloned().unwrap_or(Profile {
-        contact: Contact::default(),
-        status: Status::Active,
-        version: 0,
-        data_version: 0,
-        email_version: 0,
-        role: None,
-    });
+    let base = current.cloned().unwrap_or_else(Profile::empty);
     let newer_status = version > base.version;
     let newer_data = version > base.data_version;
     let email_policy = policy(las.kind, school.system, Field::Email);
@@ -526,6 +727,7 @@ pub fn apply_profile(
         p.role = Some(school.default_staff_role.clone());
     }
     if newer_status && base.version > 0 && base.status == Status::Deactivated {
+        // Reactivation; a student's placement below may still hold it (R9).
         decisions.push(Decision::new(Rule::R1, Action::Reactivated, None));
     }
 
@@ -582,6 +784,21 @@ pub fn apply_profile(
 
     let group_keys = match las.kind {
         _ if !newer_status => None,
+        ProfileKind::Student => {
+            let (placement, decision) = place_student(
+                p.contact.birth_date,
+                &las.group_keys,
+                base.in_intake,
+                school,
+                today,
+            );
+            decisions.extend(decision);
+            decisions.push(Decision::new(Rule::R1, Action::GroupsReplaced, None));
+            p.las_group_keys = las.group_keys.clone();
+            p.in_intake = placement.in_intake;
+            p.status = placement.status;
+            Some(placement.groups)
+        }
         ProfileKind::Guardian => None,
         ProfileKind::Staff if !school.link_staff_to_groups => {
             decisions.push(Decision::new(Rule::R8, Action::GroupsLeftAlone, None));
@@ -597,7 +814,9 @@ pub fn apply_profile(
         _ => None,
     };
     if newer_status {
-        p.status = Status::Active;
+        if las.kind != ProfileKind::Student {
+            p.status = Status::Active;
+        }
         p.version = version;
     }
 
@@ -617,16 +836,10 @@ pub fn apply_removal(current: Option<&Profile>, version: i64) -> Outcome {
     if current.is_some_and(|c| version <= c.version) {
         return Outcome::Stale;
     }
-    let mut p = current.cloned().unwrap_or(Profile {
-        contact: Contact::default(),
-        status: Status::Active,
-        version: 0,
-        data_version: 0,
-        email_version: 0,
-        role: None,
-    });
+    let mut p = current.cloned().unwrap_or_else(Profile::empty);
     let mut decisions = Vec::new();
-    if p.status == Status::Active {
+    p.in_intake = false;
+    if p.status != Status::Deactivated {
         decisions.push(Decision::new(Rule::R12, Action::Deactivated, None));
     }
     p.status = Status::Deactivated;
@@ -742,6 +955,20 @@ pub fn link_settings(
 mod tests {
     use super::*;
 
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()
+    }
+
+    /// `apply_profile` on a pinned date (no test depends on the real clock).
+    fn ap(
+        current: Option<&Profile>,
+        las: &LasProfile,
+        version: i64,
+        school: &SchoolSettings,
+    ) -> Outcome {
+        apply_profile(current, las, version, school, today())
+    }
+
     fn school(system: LasSystem) -> SchoolSettings {
         SchoolSettings {
             system,
@@ -793,12 +1020,14 @@ mod tests {
             data_version: version,
             email_version: version,
             role: None,
+            las_group_keys: vec![],
+            in_intake: false,
         }
     }
 
     #[test]
     fn r1_new_profile_is_created_with_las_values() {
-        let a = applied(apply_profile(
+        let a = applied(ap(
             None,
             &guardian(s("a@b.nl"), s("0301234567")),
             1,
@@ -820,7 +1049,7 @@ mod tests {
             },
             1,
         );
-        let a = applied(apply_profile(
+        let a = applied(ap(
             Some(&cur),
             &guardian(None, None),
             2,
@@ -848,12 +1077,7 @@ mod tests {
         );
         let mut las = guardian(None, s("   "));
         las.contact.name_prefix = None;
-        let a = applied(apply_profile(
-            Some(&cur),
-            &las,
-            2,
-            &school(LasSystem::Parnassys),
-        ));
+        let a = applied(ap(Some(&cur), &las, 2, &school(LasSystem::Parnassys)));
         assert_eq!(a.profile.contact.phone, None);
         assert_eq!(a.profile.contact.name_prefix, None);
         assert!(has(&a, Rule::R2, Action::Cleared, Some(Field::Phone)));
@@ -884,7 +1108,7 @@ mod tests {
             phone: s("0611111111"),
             ..StudentRecord::default()
         });
-        let a = applied(apply_profile(Some(&cur), &las, 2, &school(LasSystem::Esis)));
+        let a = applied(ap(Some(&cur), &las, 2, &school(LasSystem::Esis)));
         assert_eq!(a.profile.contact.phone, None);
         assert_eq!(a.profile.contact.mobile, None);
         assert!(has(&a, Rule::R3, Action::Ignored, Some(Field::Phone)));
@@ -900,7 +1124,7 @@ mod tests {
             street: s("Kerkstraat 2"),
             ..StudentRecord::default()
         });
-        let a = applied(apply_profile(None, &las, 1, &school(LasSystem::Parnassys)));
+        let a = applied(ap(None, &las, 1, &school(LasSystem::Parnassys)));
         assert_eq!(
             a.profile.contact.birth_date,
             NaiveDate::from_ymd_opt(2019, 5, 1)
@@ -920,18 +1144,13 @@ mod tests {
         );
         let mut las = guardian(None, None);
         las.contact.emergency_phone = s("0699999999");
-        let a = applied(apply_profile(Some(&cur), &las, 2, &school(LasSystem::Esis)));
+        let a = applied(ap(Some(&cur), &las, 2, &school(LasSystem::Esis)));
         assert_eq!(
             a.profile.contact.emergency_phone.as_deref(),
             Some("0699999999")
         );
         las.contact.emergency_phone = None;
-        let b = applied(apply_profile(
-            Some(&a.profile),
-            &las,
-            3,
-            &school(LasSystem::Esis),
-        ));
+        let b = applied(ap(Some(&a.profile), &las, 3, &school(LasSystem::Esis)));
         assert_eq!(b.profile.contact.emergency_phone, None);
         assert!(has(
             &b,
@@ -952,12 +1171,7 @@ mod tests {
         );
         let mut las = guardian(None, None);
         las.contact.emergency_phone = s("0699999999");
-        let a = applied(apply_profile(
-            Some(&cur),
-            &las,
-            2,
-            &school(LasSystem::Parnassys),
-        ));
+        let a = applied(ap(Some(&cur), &las, 2, &school(LasSystem::Parnassys)));
         assert_eq!(a.profile.contact.emergency_phone.as_deref(), Some("112233"));
         assert!(has(
             &a,
@@ -966,12 +1180,7 @@ mod tests {
             Some(Field::EmergencyPhone)
         ));
         las.contact.emergency_phone = None;
-        let b = applied(apply_profile(
-            Some(&cur),
-            &las,
-            2,
-            &school(LasSystem::Parnassys),
-        ));
+        let b = applied(ap(Some(&cur), &las, 2, &school(LasSystem::Parnassys)));
         assert_eq!(b.profile.contact.emergency_phone.as_deref(), Some("112233"));
     }
 
@@ -984,7 +1193,7 @@ mod tests {
             },
             1,
         );
-        let a = applied(apply_profile(
+        let a = applied(ap(
             Some(&cur),
             &guardian(s(" "), None),
             2,
@@ -1003,7 +1212,7 @@ mod tests {
             },
             1,
         );
-        let a = applied(apply_profile(
+        let a = applied(ap(
             Some(&cur),
             &guardian(s("nieuw@example.nl"), None),
             2,
@@ -1022,7 +1231,7 @@ mod tests {
             },
             1,
         );
-        let a = applied(apply_profile(
+        let a = applied(ap(
             Some(&cur),
             &guardian(s("not-an-address"), None),
             2,
@@ -1031,7 +1240,7 @@ mod tests {
         assert_eq!(a.profile.contact.email.as_deref(), Some("ouder@example.nl"));
         assert!(has(&a, Rule::R4, Action::InvalidEmail, Some(Field::Email)));
         assert!(has(&a, Rule::R4, Action::Kept, Some(Field::Email)));
-        let new = applied(apply_profile(
+        let new = applied(ap(
             None,
             &guardian(s("a@b"), None),
             1,
@@ -1064,12 +1273,7 @@ mod tests {
             las_key: "S1".into(),
             ..StudentRecord::default()
         });
-        let a = applied(apply_profile(
-            Some(&cur),
-            &las,
-            2,
-            &school(LasSystem::Parnassys),
-        ));
+        let a = applied(ap(Some(&cur), &las, 2, &school(LasSystem::Parnassys)));
         assert_eq!(a.profile.contact.email.as_deref(), Some("kind@example.nl"));
     }
 
@@ -1082,7 +1286,7 @@ mod tests {
             },
             1,
         );
-        let a = applied(apply_profile(
+        let a = applied(ap(
             Some(&cur),
             &guardian(None, None),
             2,
@@ -1103,13 +1307,13 @@ mod tests {
             group_keys: Some(vec!["G3".into()]),
             ..StaffRecord::default()
         });
-        let a = applied(apply_profile(None, &las, 1, &sch));
+        let a = applied(ap(None, &las, 1, &sch));
         assert_eq!(a.profile.role.as_deref(), Some("Intern begeleider"));
         assert!(has(&a, Rule::R8, Action::RoleAssigned, None));
         let mut changed = a.profile.clone();
         changed.role = Some("Directeur".into());
         assert_eq!(changed.version, 1);
-        let b = applied(apply_profile(Some(&changed), &las, 2, &sch));
+        let b = applied(ap(Some(&changed), &las, 2, &sch));
         assert_eq!(b.profile.role.as_deref(), Some("Directeur"));
         assert!(!has(&b, Rule::R8, Action::RoleAssigned, None));
     }
@@ -1123,10 +1327,10 @@ mod tests {
             group_keys: Some(vec!["G3".into()]),
             ..StaffRecord::default()
         });
-        let a = applied(apply_profile(None, &las, 1, &sch));
+        let a = applied(ap(None, &las, 1, &sch));
         assert_eq!(a.group_keys, None);
         assert!(has(&a, Rule::R8, Action::GroupsLeftAlone, None));
-        let on = applied(apply_profile(None, &las, 1, &school(LasSystem::Parnassys)));
+        let on = applied(ap(None, &las, 1, &school(LasSystem::Parnassys)));
         assert_eq!(on.group_keys, Some(vec!["G3".to_owned()]));
     }
 
@@ -1152,7 +1356,7 @@ mod tests {
         assert_eq!(tomb.status, Status::Deactivated);
         // An older upsert arriving late fills the data, as in-order arrival
         // would have, but the profile stays deactivated and out of groups.
-        let late = applied(apply_profile(
+        let late = applied(ap(
             Some(&tomb),
             &guardian(s("a@b.nl"), None),
             4,
@@ -1161,7 +1365,7 @@ mod tests {
         assert_eq!(late.profile.status, Status::Deactivated);
         assert_eq!(late.profile.contact.first_name.as_deref(), Some("Anna"));
         assert_eq!(late.group_keys, None);
-        let back = applied(apply_profile(
+        let back = applied(ap(
             Some(&late.profile),
             &guardian(None, None),
             6,
@@ -1175,29 +1379,17 @@ mod tests {
     fn r4_older_email_arriving_after_a_newer_blank_is_still_kept() {
         let sch = school(LasSystem::Parnassys);
         // In order: v1 sets the e-mail, v2 has none -> e-mail of v1.
-        let v1 = applied(apply_profile(None, &guardian(s("a@b.nl"), None), 1, &sch)).profile;
-        let in_order = applied(apply_profile(Some(&v1), &guardian(None, None), 2, &sch)).profile;
+        let v1 = applied(ap(None, &guardian(s("a@b.nl"), None), 1, &sch)).profile;
+        let in_order = applied(ap(Some(&v1), &guardian(None, None), 2, &sch)).profile;
         // Reversed: v2 first, then v1 arrives late.
-        let v2 = applied(apply_profile(None, &guardian(None, None), 2, &sch)).profile;
-        let reversed = applied(apply_profile(
-            Some(&v2),
-            &guardian(s("a@b.nl"), None),
-            1,
-            &sch,
-        ))
-        .profile;
+        let v2 = applied(ap(None, &guardian(None, None), 2, &sch)).profile;
+        let reversed = applied(ap(Some(&v2), &guardian(s("a@b.nl"), None), 1, &sch)).profile;
         assert_eq!(in_order, reversed);
         assert_eq!(reversed.contact.email.as_deref(), Some("a@b.nl"));
         // But a late older e-mail never beats a newer one.
-        let v3 = applied(apply_profile(
-            Some(&reversed),
-            &guardian(s("new@b.nl"), None),
-            3,
-            &sch,
-        ))
-        .profile;
+        let v3 = applied(ap(Some(&reversed), &guardian(s("new@b.nl"), None), 3, &sch)).profile;
         assert_eq!(
-            apply_profile(Some(&v3), &guardian(s("old@b.nl"), None), 2, &sch),
+            ap(Some(&v3), &guardian(s("old@b.nl"), None), 2, &sch),
             Outcome::Stale
         );
     }
@@ -1207,11 +1399,11 @@ mod tests {
         let cur = existing(Contact::default(), 7);
         let sch = school(LasSystem::Parnassys);
         assert_eq!(
-            apply_profile(Some(&cur), &guardian(None, None), 7, &sch),
+            ap(Some(&cur), &guardian(None, None), 7, &sch),
             Outcome::Stale
         );
         assert_eq!(
-            apply_profile(Some(&cur), &guardian(None, None), 3, &sch),
+            ap(Some(&cur), &guardian(None, None), 3, &sch),
             Outcome::Stale
         );
         assert_eq!(apply_removal(Some(&cur), 6), Outcome::Stale);
@@ -1221,19 +1413,16 @@ mod tests {
     fn applying_the_same_record_twice_equals_once() {
         let sch = school(LasSystem::Esis);
         let las = guardian(s("a@b.nl"), s("0301234567"));
-        let once = applied(apply_profile(None, &las, 1, &sch));
-        assert_eq!(
-            apply_profile(Some(&once.profile), &las, 1, &sch),
-            Outcome::Stale
-        );
-        let again = applied(apply_profile(Some(&once.profile), &las, 2, &sch));
+        let once = applied(ap(None, &las, 1, &sch));
+        assert_eq!(ap(Some(&once.profile), &las, 1, &sch), Outcome::Stale);
+        let again = applied(ap(Some(&once.profile), &las, 2, &sch));
         assert_eq!(again.profile.contact, once.profile.contact);
         assert!(again.decisions.iter().all(|d| d.field.is_none()));
     }
 
     #[test]
     fn decisions_never_carry_values() {
-        let a = applied(apply_profile(
+        let a = applied(ap(
             None,
             &guardian(s("a@b.nl"), s("0301234567")),
             1,
@@ -1339,5 +1528,176 @@ mod tests {
         assert_eq!(r.reason, las_contracts::RejectReason::RelinkRefused);
         let r = link_settings(None, &link(LasSystem::Esis, "env", Some("ParentCom"))).unwrap_err();
         assert_eq!(r.reason, las_contracts::RejectReason::EsisLabel);
+    }
+
+    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, day).unwrap()
+    }
+
+    fn intake_school(weeks: Option<u32>) -> SchoolSettings {
+        let mut sch = school(LasSystem::Parnassys);
+        sch.intake_weeks_ahead = weeks;
+        sch
+    }
+
+    fn groups(keys: &[&str]) -> Vec<String> {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn r9_fourth_birthday_and_29_february() {
+        assert_eq!(fourth_birthday(d(2022, 6, 15)), d(2026, 6, 15));
+        assert_eq!(
+            fourth_birthday(d(2020, 2, 29)),
+            d(2024, 2, 29),
+            "leap year to leap year"
+        );
+        assert_eq!(fourth_birthday(d(2023, 2, 28)), d(2027, 2, 28));
+        assert_eq!(fourth_birthday(d(2024, 2, 29)), d(2028, 2, 29));
+        // Four years after a leap year is a leap year, except across a century
+        // that is not one: born 29 February 2096, no 29 February in 2100.
+        assert_eq!(
+            fourth_birthday(d(2096, 2, 29)),
+            d(2100, 3, 1),
+            "turns 4 on 1 March"
+        );
+    }
+
+    #[test]
+    fn r9_under_4_is_held_back_by_default() {
+        let (p, dec) = place_student(
+            Some(d(2023, 1, 15)),
+            &groups(&["G12"]),
+            false,
+            &intake_school(None),
+            d(2026, 11, 22),
+        );
+        assert_eq!(p.status, Status::Held);
+        assert!(p.groups.is_empty());
+        assert_eq!(dec.map(|x| x.action), Some(Action::HeldBack));
+    }
+
+    #[test]
+    fn r9_intake_window_edges() {
+        // Turns 4 on 2027-01-15; 8 weeks ahead the window opens on 2026-11-20.
+        let sch = intake_school(Some(8));
+        let birth = Some(d(2023, 1, 15));
+        let g = groups(&["G12"]);
+        let (before, _) = place_student(birth, &g, false, &sch, d(2026, 11, 19));
+        assert_eq!(before.status, Status::Held, "the day before the window");
+        let (first, dec) = place_student(birth, &g, false, &sch, d(2026, 11, 20));
+        assert_eq!(first.status, Status::Active, "the first day of the window");
+        assert!(first.in_intake);
+        assert_eq!(first.groups, groups(&[INTAKE_GROUP_KEY]));
+        assert_eq!(dec.map(|x| x.action), Some(Action::PlacedInIntake));
+        let (eve, _) = place_student(birth, &g, true, &sch, d(2027, 1, 14));
+        assert!(eve.in_intake, "still in intake the day before the birthday");
+        let (birthday, dec) = place_student(birth, &g, true, &sch, d(2027, 1, 15));
+        assert!(!birthday.in_intake, "the birthday itself");
+        assert_eq!(birthday.groups, g);
+        assert_eq!(dec.map(|x| x.action), Some(Action::Promoted));
+    }
+
+    #[test]
+    fn r9_birthday_without_las_group_stays_in_intake() {
+        let sch = intake_school(Some(8));
+        let (p, dec) = place_student(Some(d(2022, 1, 1)), &[], true, &sch, d(2026, 11, 22));
+        assert!(p.in_intake);
+        assert_eq!(dec.map(|x| x.action), Some(Action::StaysInIntake));
+        // A 4-year-old never in intake and without groups is simply imported.
+        let (p, dec) = place_student(Some(d(2022, 1, 1)), &[], false, &sch, d(2026, 11, 22));
+        assert!(!p.in_intake);
+        assert_eq!(p.status, Status::Active);
+        assert_eq!(dec, None);
+    }
+
+    #[test]
+    fn r9_29_february_child_enters_on_1_march_in_a_non_leap_year() {
+        let sch = intake_school(Some(0));
+        let birth = Some(d(2096, 2, 29));
+        assert_eq!(
+            place_student(birth, &groups(&["G1"]), false, &sch, d(2100, 2, 28))
+                .0
+                .status,
+            Status::Held
+        );
+        assert!(
+            place_student(birth, &groups(&["G1"]), false, &sch, d(2100, 3, 1))
+                .0
+                .status
+                == Status::Active
+        );
+    }
+
+    #[test]
+    fn r9_student_upsert_uses_placement() {
+        let sch = intake_school(None);
+        let las = LasProfile::from_student(&StudentRecord {
+            las_key: "S1".into(),
+            birth_date: Some(d(2023, 1, 15)),
+            group_keys: Some(vec!["G12".into()]),
+            ..StudentRecord::default()
+        });
+        let a = applied(ap(None, &las, 1, &sch));
+        assert_eq!(a.profile.status, Status::Held);
+        assert_eq!(a.group_keys, Some(vec![]));
+        assert_eq!(a.profile.las_group_keys, groups(&["G12"]));
+        assert!(has(&a, Rule::R9, Action::HeldBack, None));
+    }
+
+    fn group(kind: las_contracts::GroupKind, years: &[&str]) -> las_contracts::GroupRecord {
+        las_contracts::GroupRecord {
+            las_key: "K".into(),
+            name: Some("Groep".into()),
+            kind,
+            year_group_keys: Some(groups(years)),
+            student_keys: None,
+        }
+    }
+
+    #[test]
+    fn r7_parnassys_group_shapes() {
+        use las_contracts::GroupKind::*;
+        let p = school(LasSystem::Parnassys);
+        assert_eq!(
+            plan_group(&group(Year, &[]), &p).unwrap().0,
+            GroupShape::Year
+        );
+        assert_eq!(
+            plan_group(&group(Class, &["G3"]), &p).unwrap().0,
+            GroupShape::Alias("G3".into()),
+            "class of one year group"
+        );
+        let (shape, dec) = plan_group(&group(Class, &["G3", "G4"]), &p).unwrap();
+        assert_eq!(shape, GroupShape::Composite, "class of two year groups");
+        assert_eq!(dec, Decision::new(Rule::R7, Action::CompositeGroup, None));
+        assert_eq!(
+            plan_group(&group(Subclass, &[]), &p).unwrap().0,
+            GroupShape::Composite
+        );
+        assert_eq!(
+            plan_group(&group(Group, &[]), &p).unwrap_err().reason,
+            las_contracts::RejectReason::ValidationFailed
+        );
+    }
+
+    #[test]
+    fn r7_esis_composite_groups_only_when_the_school_opted_in() {
+        use las_contracts::GroupKind::*;
+        let mut e = school(LasSystem::Esis);
+        assert_eq!(
+            plan_group(&group(Group, &[]), &e).unwrap().0,
+            GroupShape::Year
+        );
+        assert_eq!(
+            plan_group(&group(Group, &["A", "B"]), &e).unwrap().0,
+            GroupShape::Skipped
+        );
+        e.esis_composite_groups = true;
+        assert_eq!(
+            plan_group(&group(Group, &["A", "B"]), &e).unwrap().0,
+            GroupShape::Composite
+        );
+        assert!(plan_group(&group(Year, &[]), &e).is_err());
     }
 }

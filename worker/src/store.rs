@@ -175,6 +175,7 @@ impl Store {
     pub async fn apply_batch(
         &self,
         msgs: &[Inbound],
+        today: NaiveDate,
     ) -> Result<(Vec<MessageOutcome>, BatchEffects), StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; msgs.len()];
@@ -217,6 +218,14 @@ impl Store {
                         "school_year.rolled_over (R11) is not applied by this worker version; the message is kept so it can be replayed after an upgrade",
                     )
                     .with_message_id(c.message_id),
+                ));
+                continue;
+            }
+            if let (Change::GroupUpserted(g), Some(school)) = (&c.change, school)
+                && let Err(r) = rules::plan_group(g, &school.settings)
+            {
+                outcomes[i] = Some(MessageOutcome::Rejected(
+                    Rejection::new(r.reason, r.text).with_message_id(c.message_id),
                 ));
                 continue;
             }
@@ -265,6 +274,7 @@ impl Store {
                 &mut tx,
                 &profile_msgs,
                 &by_id,
+                today,
                 &mut outcomes,
                 &mut journal,
                 &mut effects,
@@ -281,7 +291,7 @@ impl Store {
             .copied()
             .collect();
         if !group_msgs.is_empty() {
-            apply_groups(&mut tx, &group_msgs, &mut outcomes, &mut journal).await?;
+            apply_groups(&mut tx, &group_msgs, &by_id, &mut outcomes, &mut journal).await?;
         }
 
         journal.write(&mut tx).await?;
@@ -387,6 +397,54 @@ async fn apply_link(
             ));
         }
     };
+    // R7 first run: the mapping must name portal groups of this school.
+    let mapping_entries = link.group_mapping.clone().unwrap_or_default();
+    let school_id: Option<i64> = match &row {
+        Some(r) => Some(r.try_get("id")?),
+        None => None,
+    };
+    let first_run_done: bool = match school_id {
+        Some(id) => {
+            sqlx::query_scalar("SELECT first_run_at IS NOT NULL FROM schools WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut **tx)
+                .await?
+        }
+        None => false,
+    };
+    if !mapping_entries.is_empty() && !first_run_done {
+        let ids: Vec<i64> = mapping_entries.iter().map(|m| m.portal_group_id).collect();
+        let found: Vec<i64> = match school_id {
+            Some(id) => {
+                sqlx::query_scalar(
+                    "SELECT id FROM portal_groups WHERE school_id = $1 AND id = ANY($2)",
+                )
+                .bind(id)
+                .bind(&ids)
+                .fetch_all(&mut **tx)
+                .await?
+            }
+            None => vec![],
+        };
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|i| !found.contains(i))
+            .map(|i| i.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Ok(MessageOutcome::Rejected(
+                Rejection::new(
+                    RejectReason::ValidationFailed,
+                    format!(
+                        "group_mapping names portal group(s) {} that do not exist in the portal of BRIN {}; correct the mapping and send the link again (R7)",
+                        missing.join(", "),
+                        link.brin
+                    ),
+                )
+                .with_message_id(link.message_id),
+            ));
+        }
+    }
     let fresh = sqlx::query(
         "INSERT INTO processed_messages (message_id) VALUES ($1) ON CONFLICT DO NOTHING",
     )
@@ -430,13 +488,74 @@ async fn apply_link(
     } else {
         rules::Action::Created
     };
-    Ok(MessageOutcome::Applied {
-        decisions: vec![Decision {
-            rule: rules::Rule::R6,
-            action: decision,
-            field: None,
-        }],
-    })
+    let mut decisions = vec![Decision {
+        rule: rules::Rule::R6,
+        action: decision,
+        field: None,
+    }];
+    if let Some(id) = school_id
+        && !mapping_entries.is_empty()
+    {
+        if first_run_done {
+            tracing::warn!(brin = %link.brin, "group_mapping ignored: the first run of this school already happened");
+        } else {
+            first_run(tx, id, &mapping_entries).await?;
+            decisions.push(Decision {
+                rule: rules::Rule::R7,
+                action: rules::Action::MappedToYearGroup,
+                field: None,
+            });
+        }
+    }
+    Ok(MessageOutcome::Applied { decisions })
+}
+
+/// R7 first run: each mapped portal group takes its LAS key (a later
+/// `group.upserted` renames it and it keeps its group-bound items); portal
+/// groups no LAS group maps to are detached and listed as leftovers. When the
+/// LAS group already arrived, the group the worker made for it steps aside.
+async fn first_run(
+    tx: &mut Transaction<'_, Postgres>,
+    school_id: i64,
+    mapping: &[las_contracts::GroupMapping],
+) -> Result<(), StoreError> {
+    let keys: Vec<String> = mapping
+        .iter()
+        .map(|m| m.las_group_key.trim().to_owned())
+        .collect();
+    let ids: Vec<i64> = mapping.iter().map(|m| m.portal_group_id).collect();
+    sqlx::query(
+        "UPDATE portal_groups g SET las_key = NULL, status = 'detached', updated_at = now()
+         FROM UNNEST($2::text[], $3::int8[]) AS t(k, id)
+         WHERE g.school_id = $1 AND g.las_key = t.k AND g.id <> t.id",
+    )
+    .bind(school_id)
+    .bind(&keys)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE portal_groups g SET las_key = t.k, status = 'active', updated_at = now()
+         FROM UNNEST($2::text[], $3::int8[]) AS t(k, id)
+         WHERE g.school_id = $1 AND g.id = t.id",
+    )
+    .bind(school_id)
+    .bind(&keys)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE portal_groups SET status = 'detached', updated_at = now()
+         WHERE school_id = $1 AND las_key IS NULL AND group_type <> 'intake' AND status = 'active'",
+    )
+    .bind(school_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE schools SET first_run_at = now() WHERE id = $1")
+        .bind(school_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 #[derive(Default)]
@@ -495,11 +614,7 @@ impl Journal {
 }
 
 fn status_of(s: &str) -> Option<Status> {
-    match s {
-        "active" => Some(Status::Active),
-        "deactivated" => Some(Status::Deactivated),
-        _ => None,
-    }
+    Status::parse(s)
 }
 
 const CONTACT_COLUMNS: &str = "first_name, name_prefix, last_name, birth_date, street, postcode, city, phone, mobile, emergency_phone, email";
@@ -523,10 +638,12 @@ fn contact_from_row(row: &sqlx::postgres::PgRow) -> Result<Contact, sqlx::Error>
 /// Profiles: lock every row the batch touches (creating placeholder rows for
 /// new keys, in key order, so two replicas never deadlock on inserts), run the
 /// rules on the current state in version order, write the results back.
+#[allow(clippy::too_many_arguments)]
 async fn apply_profiles(
     tx: &mut Transaction<'_, Postgres>,
     msgs: &[(usize, &LasChangeV1, i64)],
     schools: &HashMap<i64, &SchoolRow>,
+    today: NaiveDate,
     outcomes: &mut [Option<MessageOutcome>],
     journal: &mut Journal,
     effects: &mut BatchEffects,
@@ -558,7 +675,8 @@ async fn apply_profiles(
     .execute(&mut **tx)
     .await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.version, p.data_version, p.email_version, p.role, {CONTACT_COLUMNS}
+        "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.version, p.data_version, p.email_version, p.role,
+                p.las_group_keys, p.in_intake, {CONTACT_COLUMNS}
          FROM profiles p
          JOIN UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, l)
            ON p.school_id = t.s AND p.kind = t.k AND p.las_key = t.l
@@ -585,6 +703,8 @@ async fn apply_profiles(
                 data_version: row.try_get("data_version")?,
                 email_version: row.try_get("email_version")?,
                 role: row.try_get("role")?,
+                las_group_keys: row.try_get("las_group_keys")?,
+                in_intake: row.try_get("in_intake")?,
             }),
             None => None,
         };
@@ -626,18 +746,21 @@ async fn apply_profiles(
                 &LasProfile::from_student(r),
                 version,
                 &school.settings,
+                today,
             ),
             Change::GuardianUpserted(r) => rules::apply_profile(
                 slot.state.as_ref(),
                 &LasProfile::from_guardian(r),
                 version,
                 &school.settings,
+                today,
             ),
             Change::StaffUpserted(r) => rules::apply_profile(
                 slot.state.as_ref(),
                 &LasProfile::from_staff(r),
                 version,
                 &school.settings,
+                today,
             ),
             _ => rules::apply_removal(slot.state.as_ref(), version),
         };
@@ -676,18 +799,21 @@ async fn apply_profiles(
     let mut w = ProfileWrite::default();
     let mut members = Members::default();
     let mut links = Links::default();
-    let mut removed_students: Vec<i64> = Vec::new();
-    let mut reactivated_students: Vec<i64> = Vec::new();
+    let mut students_changed: Vec<i64> = Vec::new();
     let mut touched_guardians: Vec<i64> = Vec::new();
+    let mut intake_schools: HashSet<i64> = HashSet::new();
     for ((school_id, kind, key), slot) in &slots {
         let Some(state) = &slot.state else { continue };
-        if slot.current.as_ref() == Some(state) && slot.message_id.is_none() {
+        if slot.message_id.is_none() {
             continue;
         }
         let change = match (slot.was_status, state.status) {
-            (None, Status::Active) => Some("created"),
+            (None | Some(Status::Held), Status::Active) => Some("created"),
+            (None, Status::Held) => Some("held"),
             (Some(Status::Deactivated), Status::Active) => Some("reactivated"),
-            (None | Some(Status::Active), Status::Deactivated) => Some("deactivated"),
+            (None | Some(Status::Active) | Some(Status::Held), Status::Deactivated) => {
+                Some("deactivated")
+            }
             (Some(Status::Active), Status::Active)
                 if slot.current.as_ref().map(|c| &c.contact) != Some(&state.contact) =>
             {
@@ -700,34 +826,47 @@ async fn apply_profiles(
         }
         w.push(slot, state);
         if let Some(groups) = &slot.group_keys {
+            if groups.iter().any(|g| g == rules::INTAKE_GROUP_KEY) {
+                intake_schools.insert(*school_id);
+            }
             members.replace(*school_id, *kind, key, groups, slot.removed);
         }
         if let Some(students) = &slot.student_keys {
             links.replace(*school_id, key, students);
         }
-        match (kind, slot.was_status, state.status) {
-            (ProfileKind::Student, _, Status::Deactivated)
-                if slot.was_status != Some(Status::Deactivated) =>
-            {
-                removed_students.push(slot.id)
+        match kind {
+            ProfileKind::Student if slot.was_status != Some(state.status) => {
+                students_changed.push(slot.id)
             }
-            (ProfileKind::Student, Some(Status::Deactivated), Status::Active) => {
-                reactivated_students.push(slot.id)
-            }
-            (ProfileKind::Guardian, _, Status::Active) => touched_guardians.push(slot.id),
+            ProfileKind::Guardian => touched_guardians.push(slot.id),
             _ => {}
         }
     }
     w.write(tx).await?;
+    ensure_intake_groups(tx, &intake_schools.into_iter().collect::<Vec<_>>()).await?;
     members.write(tx).await?;
     links.write(tx).await?;
-    guardian_cascade(
-        tx,
-        &removed_students,
-        &reactivated_students,
-        &touched_guardians,
-        effects,
+    reconcile_guardians(tx, &students_changed, &touched_guardians, effects).await?;
+    Ok(())
+}
+
+/// R9: the school's intake group, created when first needed.
+async fn ensure_intake_groups(
+    tx: &mut Transaction<'_, Postgres>,
+    schools: &[i64],
+) -> Result<(), StoreError> {
+    if schools.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO portal_groups (school_id, las_key, name, group_type, status)
+         SELECT s, $2, $3, 'intake', 'active' FROM UNNEST($1::int8[]) AS t(s)
+         ON CONFLICT (school_id, las_key) DO NOTHING",
     )
+    .bind(schools)
+    .bind(rules::INTAKE_GROUP_KEY)
+    .bind(rules::INTAKE_GROUP_NAME)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
@@ -735,6 +874,8 @@ async fn apply_profiles(
 #[derive(Default)]
 struct ProfileWrite {
     id: Vec<i64>,
+    las_group_keys: Vec<String>,
+    in_intake: Vec<bool>,
     status: Vec<&'static str>,
     version: Vec<i64>,
     data_version: Vec<i64>,
@@ -757,6 +898,8 @@ struct ProfileWrite {
 impl ProfileWrite {
     fn push(&mut self, slot: &ProfileSlot, p: &Profile) {
         self.id.push(slot.id);
+        self.las_group_keys.push(p.las_group_keys.join(KEY_SEP));
+        self.in_intake.push(p.in_intake);
         self.status.push(p.status.as_str());
         self.version.push(p.version);
         self.data_version.push(p.data_version);
@@ -788,15 +931,18 @@ impl ProfileWrite {
                 birth_date = t.birth_date, street = t.street, postcode = t.postcode, city = t.city,
                 phone = t.phone, mobile = t.mobile, emergency_phone = t.emergency_phone, email = t.email,
                 data_version = t.data_version, email_version = t.email_version,
+                las_group_keys = CASE WHEN t.lg = '' THEN '{}'::text[] ELSE string_to_array(t.lg, chr(31)) END,
+                in_intake = t.in_intake,
                 deactivated_at = CASE WHEN t.status = 'deactivated' THEN COALESCE(p.deactivated_at, now()) END,
                 deactivation_reason = CASE WHEN t.status = 'deactivated' THEN
                     CASE WHEN p.status = 'deactivated' AND p.version = t.version THEN p.deactivation_reason ELSE 'removed_in_las' END END,
                 updated_at = now()
              FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],
                          $9::date[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-                         $17::int8[], $18::int8[])
+                         $17::int8[], $18::int8[], $19::text[], $20::bool[])
                   AS t(id, status, version, role, message_id, first_name, name_prefix, last_name,
-                       birth_date, street, postcode, city, phone, mobile, emergency_phone, email, data_version, email_version)
+                       birth_date, street, postcode, city, phone, mobile, emergency_phone, email, data_version, email_version,
+                       lg, in_intake)
              WHERE p.id = t.id",
         )
         .bind(&self.id)
@@ -817,6 +963,8 @@ impl ProfileWrite {
         .bind(&self.email)
         .bind(&self.data_version)
         .bind(&self.email_version)
+        .bind(&self.las_group_keys)
+        .bind(&self.in_intake)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -941,77 +1089,78 @@ impl Links {
     }
 }
 
-/// R12: a guardian whose students are all gone is deactivated too; one whose
-/// student comes back is active again. Guardians linked to a student the
-/// portal has not seen yet are left alone.
-async fn guardian_cascade(
+/// R9 and R12 for guardians, from their students: a guardian with an active
+/// student is active; one whose known students are all held (under 4, not
+/// imported) is held; one whose students are all removed is deactivated with
+/// reason `all_students_removed`, and comes back with a student. Students the
+/// portal has not seen yet do not count. A guardian the LAS removed itself
+/// stays deactivated.
+async fn reconcile_guardians(
     tx: &mut Transaction<'_, Postgres>,
-    removed_students: &[i64],
-    reactivated_students: &[i64],
-    touched_guardians: &[i64],
+    students: &[i64],
+    guardians: &[i64],
     effects: &mut BatchEffects,
 ) -> Result<(), StoreError> {
-    if !reactivated_students.is_empty() {
-        let n = sqlx::query(
-            "UPDATE profiles g SET status = 'active', deactivated_at = NULL, deactivation_reason = NULL, updated_at = now()
-             FROM profiles s
-             JOIN guardian_students gs ON gs.school_id = s.school_id AND gs.student_key = s.las_key
-             WHERE s.id = ANY($1) AND g.school_id = gs.school_id AND g.kind = 'guardian'
-               AND g.las_key = gs.guardian_key AND g.status = 'deactivated'
-               AND g.deactivation_reason = 'all_students_removed'",
-        )
-        .bind(reactivated_students)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if n > 0 {
-            *effects
-                .profiles
-                .entry(("guardian", "reactivated"))
-                .or_default() += n;
-        }
-    }
-    if removed_students.is_empty() && touched_guardians.is_empty() {
+    if students.is_empty() && guardians.is_empty() {
         return Ok(());
     }
-    let n = sqlx::query(
-        "WITH candidates AS (
+    let changed: Vec<(String,)> = sqlx::query_as(
+        "WITH cand AS (
              SELECT g.id FROM profiles s
              JOIN guardian_students gs ON gs.school_id = s.school_id AND gs.student_key = s.las_key
              JOIN profiles g ON g.school_id = gs.school_id AND g.kind = 'guardian' AND g.las_key = gs.guardian_key
-             WHERE s.id = ANY($1) AND s.kind = 'student'
+             WHERE s.id = ANY($1)
              UNION
              SELECT unnest($2::int8[])
+         ), calc AS (
+             SELECT g.id,
+                    count(s.id) AS known,
+                    coalesce(bool_or(s.status = 'active'), false) AS any_active,
+                    coalesce(bool_or(s.status = 'held'), false) AS any_held
+             FROM profiles g
+             JOIN guardian_students gs ON gs.school_id = g.school_id AND gs.guardian_key = g.las_key
+             LEFT JOIN profiles s ON s.school_id = gs.school_id AND s.kind = 'student'
+                  AND s.las_key = gs.student_key AND s.status <> 'pending'
+             WHERE g.id IN (SELECT id FROM cand) AND g.kind = 'guardian'
+               AND (g.status IN ('active', 'held')
+                    OR (g.status = 'deactivated' AND g.deactivation_reason = 'all_students_removed'))
+             GROUP BY g.id
+         ), target AS (
+             SELECT id, CASE WHEN known = 0 OR any_active THEN 'active'
+                             WHEN any_held THEN 'held' ELSE 'deactivated' END AS st
+             FROM calc
          )
-         UPDATE profiles g SET status = 'deactivated', deactivated_at = now(),
-                deactivation_reason = 'all_students_removed', updated_at = now()
-         WHERE g.id IN (SELECT id FROM candidates) AND g.status = 'active'
-           AND EXISTS (SELECT 1 FROM guardian_students gs WHERE gs.school_id = g.school_id AND gs.guardian_key = g.las_key)
-           AND NOT EXISTS (
-               SELECT 1 FROM guardian_students gs
-               LEFT JOIN profiles s ON s.school_id = gs.school_id AND s.kind = 'student' AND s.las_key = gs.student_key
-               WHERE gs.school_id = g.school_id AND gs.guardian_key = g.las_key
-                 AND (s.id IS NULL OR s.status <> 'deactivated'))",
+         UPDATE profiles g SET status = t.st,
+                deactivated_at = CASE WHEN t.st = 'deactivated' THEN COALESCE(g.deactivated_at, now()) END,
+                deactivation_reason = CASE WHEN t.st = 'deactivated' THEN 'all_students_removed' END,
+                updated_at = now()
+         FROM target t
+         WHERE g.id = t.id AND g.status <> t.st
+         RETURNING t.st",
     )
-    .bind(removed_students)
-    .bind(touched_guardians)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if n > 0 {
-        *effects
-            .profiles
-            .entry(("guardian", "deactivated"))
-            .or_default() += n;
+    .bind(students)
+    .bind(guardians)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (st,) in changed {
+        let label = match st.as_str() {
+            "active" => "activated",
+            "held" => "held",
+            _ => "deactivated",
+        };
+        *effects.profiles.entry(("guardian", label)).or_default() += 1;
     }
     Ok(())
 }
 
-/// Groups: the newest version per group wins. R7's composition rules build on
-/// the keys kept here; a removed group is detached and emptied, never deleted.
+/// Groups (R7): the newest version per group wins; the rules decide the
+/// shape (year group, composite, alias of a year group, skipped). A removed
+/// group is detached and emptied, never deleted. A subclass's students are its
+/// members (source `group`).
 async fn apply_groups(
     tx: &mut Transaction<'_, Postgres>,
     msgs: &[(usize, &LasChangeV1, i64)],
+    schools: &HashMap<i64, &SchoolRow>,
     outcomes: &mut [Option<MessageOutcome>],
     journal: &mut Journal,
 ) -> Result<(), StoreError> {
@@ -1023,8 +1172,7 @@ async fn apply_groups(
         };
         let k = (*s, key.trim().to_owned());
         match newest.get(&k) {
-            Some((j, prev)) if prev.version >= c.version => {
-                let _ = j;
+            Some((_, prev)) if prev.version >= c.version => {
                 outcomes[*i] = Some(MessageOutcome::Stale);
             }
             Some((j, _)) => {
@@ -1043,27 +1191,66 @@ async fn apply_groups(
     let mut key = Vec::new();
     let mut name: Vec<Option<String>> = Vec::new();
     let mut las_kind: Vec<Option<&'static str>> = Vec::new();
+    let mut group_type: Vec<Option<&'static str>> = Vec::new();
+    let mut maps_to: Vec<Option<String>> = Vec::new();
     let mut status = Vec::new();
     let mut years: Vec<String> = Vec::new();
     let mut students: Vec<String> = Vec::new();
     let mut version = Vec::new();
     let mut message = Vec::new();
+    let mut decisions_of: HashMap<(i64, String), Decision> = HashMap::new();
     for ((s, k), (_, c)) in &rows {
         school.push(*s);
         key.push(k.clone());
         version.push(c.version as i64);
         message.push(c.message_id);
-        match &c.change {
-            Change::GroupUpserted(g) => {
+        match (&c.change, schools.get(s)) {
+            (Change::GroupUpserted(g), Some(sch)) => {
+                let (shape, decision) = match rules::plan_group(g, &sch.settings) {
+                    Ok(p) => p,
+                    // Checked before the message was accepted; kept total here.
+                    Err(_) => (
+                        rules::GroupShape::Skipped,
+                        Decision {
+                            rule: rules::Rule::R7,
+                            action: rules::Action::CompositeSkipped,
+                            field: None,
+                        },
+                    ),
+                };
+                decisions_of.insert((*s, k.clone()), decision);
                 name.push(rules::normalize(&g.name));
                 las_kind.push(Some(g.kind.as_str()));
-                status.push("active");
+                group_type.push(Some(shape.group_type()));
+                maps_to.push(match &shape {
+                    rules::GroupShape::Alias(y) => Some(y.clone()),
+                    _ => None,
+                });
+                status.push(if shape == rules::GroupShape::Skipped {
+                    "skipped"
+                } else {
+                    "active"
+                });
                 years.push(join_keys(&g.year_group_keys));
-                students.push(join_keys(&g.student_keys));
+                students.push(if g.kind == las_contracts::GroupKind::Subclass {
+                    join_keys(&g.student_keys)
+                } else {
+                    String::new()
+                });
             }
             _ => {
+                decisions_of.insert(
+                    (*s, k.clone()),
+                    Decision {
+                        rule: rules::Rule::R7,
+                        action: rules::Action::Detached,
+                        field: None,
+                    },
+                );
                 name.push(None);
                 las_kind.push(None);
+                group_type.push(None);
+                maps_to.push(None);
                 status.push("detached");
                 years.push(String::new());
                 students.push(String::new());
@@ -1071,17 +1258,18 @@ async fn apply_groups(
         }
     }
     let applied: Vec<(i64, String, String)> = sqlx::query_as(
-        "INSERT INTO portal_groups (school_id, las_key, name, las_kind, group_type, status, year_group_keys, student_keys, version, last_message_id)
-         SELECT s, k, n, lk, CASE WHEN lk IN ('class', 'subclass') THEN 'composite' ELSE 'year' END, st,
-                CASE WHEN y = '' THEN '{}'::text[] ELSE string_to_array(y, ',') END,
-                CASE WHEN sk = '' THEN '{}'::text[] ELSE string_to_array(sk, ',') END, v, m
-         FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::uuid[])
-              AS t(s, k, n, lk, st, y, sk, v, m)
+        "INSERT INTO portal_groups (school_id, las_key, name, las_kind, group_type, maps_to_key, status, year_group_keys, student_keys, version, last_message_id)
+         SELECT s, k, n, lk, COALESCE(gt, 'year'), mt, st,
+                CASE WHEN y = '' THEN '{}'::text[] ELSE string_to_array(y, chr(31)) END,
+                CASE WHEN sk = '' THEN '{}'::text[] ELSE string_to_array(sk, chr(31)) END, v, m
+         FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::uuid[])
+              AS t(s, k, n, lk, gt, mt, st, y, sk, v, m)
          ORDER BY s, k
          ON CONFLICT (school_id, las_key) DO UPDATE SET
              name = CASE WHEN EXCLUDED.status = 'detached' THEN portal_groups.name ELSE EXCLUDED.name END,
              las_kind = COALESCE(EXCLUDED.las_kind, portal_groups.las_kind),
              group_type = CASE WHEN EXCLUDED.las_kind IS NULL THEN portal_groups.group_type ELSE EXCLUDED.group_type END,
+             maps_to_key = CASE WHEN EXCLUDED.las_kind IS NULL THEN portal_groups.maps_to_key ELSE EXCLUDED.maps_to_key END,
              status = EXCLUDED.status,
              year_group_keys = EXCLUDED.year_group_keys,
              student_keys = EXCLUDED.student_keys,
@@ -1095,6 +1283,8 @@ async fn apply_groups(
     .bind(&key)
     .bind(&name)
     .bind(&las_kind)
+    .bind(&group_type)
+    .bind(&maps_to)
     .bind(&status)
     .bind(&years)
     .bind(&students)
@@ -1104,66 +1294,85 @@ async fn apply_groups(
     .await?;
     let applied_keys: HashMap<(i64, String), String> =
         applied.into_iter().map(|(s, k, st)| ((s, k), st)).collect();
-    let mut detached_school = Vec::new();
-    let mut detached_key = Vec::new();
-    for (k, (i, c)) in &rows {
-        match applied_keys.get(k) {
-            Some(st) => {
-                let action = if st == "detached" {
-                    rules::Action::Deactivated
-                } else {
-                    rules::Action::Overwritten
-                };
-                let rule = if st == "detached" {
-                    rules::Rule::R7
-                } else {
-                    rules::Rule::R1
-                };
-                let decisions = vec![Decision {
-                    rule,
-                    action,
-                    field: None,
-                }];
-                journal.push(
-                    k.0,
-                    c.message_id,
-                    "group",
-                    &k.1,
-                    c.version as i64,
-                    &decisions,
-                );
-                outcomes[*i] = Some(MessageOutcome::Applied { decisions });
-                if st == "detached" {
-                    detached_school.push(k.0);
-                    detached_key.push(k.1.clone());
-                }
-            }
-            None => outcomes[*i] = Some(MessageOutcome::Stale),
+    let mut replace_school = Vec::new();
+    let mut replace_key = Vec::new();
+    let mut ins_school = Vec::new();
+    let mut ins_key = Vec::new();
+    let mut ins_student = Vec::new();
+    for (idx, (k, (i, c))) in rows.iter().enumerate() {
+        if !applied_keys.contains_key(k) {
+            outcomes[*i] = Some(MessageOutcome::Stale);
+            continue;
+        }
+        let decisions: Vec<Decision> = decisions_of.get(k).copied().into_iter().collect();
+        journal.push(
+            k.0,
+            c.message_id,
+            "group",
+            &k.1,
+            c.version as i64,
+            &decisions,
+        );
+        outcomes[*i] = Some(MessageOutcome::Applied { decisions });
+        // Members that come from the group itself: emptied on removal,
+        // replaced by a subclass's student list.
+        replace_school.push(k.0);
+        replace_key.push(k.1.clone());
+        if status[idx] == "detached" {
+            // R7: a removed group is emptied of every member, whatever the source.
+            continue;
+        }
+        for st in students[idx].split(KEY_SEP).filter(|s| !s.is_empty()) {
+            ins_school.push(k.0);
+            ins_key.push(k.1.clone());
+            ins_student.push(st.to_owned());
         }
     }
-    if !detached_school.is_empty() {
-        // R7: a group the LAS removed is emptied, not deleted.
+    if !replace_school.is_empty() {
         sqlx::query(
-            "DELETE FROM memberships m USING UNNEST($1::int8[], $2::text[]) AS t(s, k)
-             WHERE m.school_id = t.s AND m.group_key = t.k",
+            "DELETE FROM memberships m USING UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, st)
+             WHERE m.school_id = t.s AND m.group_key = t.k AND (m.source = 'group' OR t.st = 'detached')",
         )
-        .bind(&detached_school)
-        .bind(&detached_key)
+        .bind(&replace_school)
+        .bind(&replace_key)
+        .bind(
+            rows.iter()
+                .enumerate()
+                .filter(|(_, (k, _))| applied_keys.contains_key(k))
+                .map(|(idx, _)| status[idx])
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !ins_school.is_empty() {
+        sqlx::query(
+            "INSERT INTO memberships (school_id, group_key, member_kind, member_key, source)
+             SELECT s, k, 'student', st, 'group' FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, st)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ins_school)
+        .bind(&ins_key)
+        .bind(&ins_student)
         .execute(&mut **tx)
         .await?;
     }
     Ok(())
 }
 
+/// Separator for key lists passed as one text per row (`chr(31)` in SQL): the
+/// ASCII unit separator, which no LAS key contains.
+const KEY_SEP: &str = "\u{1f}";
+
 fn join_keys(keys: &Option<Vec<String>>) -> String {
     let mut v: Vec<String> = keys
         .iter()
         .flatten()
-        .filter_map(|k| rules::normalize(&Some(k.replace(',', " "))))
+        .filter_map(|k| rules::normalize(&Some(k.clone())))
         .collect();
     v.sort();
     v.dedup();
-    v.join(",")
+    v.join(KEY_SEP)
 }
 
 /// A portal profile as support staff see it with `las-worker show`.
@@ -1232,10 +1441,9 @@ impl Store {
         let school_id: i64 = row.try_get("school_id")?;
         let contact = contact_from_row(&row)?;
         let groups: Vec<GroupRef> = sqlx::query_as(
-            "SELECT m.group_key AS las_key, g.name FROM memberships m
-             LEFT JOIN portal_groups g ON g.school_id = m.school_id AND g.las_key = m.group_key
-             WHERE m.school_id = $1 AND m.member_kind = $2 AND m.member_key = $3
-             GROUP BY m.group_key, g.name ORDER BY m.group_key",
+            "SELECT DISTINCT group_key AS las_key, group_name AS name FROM portal_group_members
+             WHERE school_id = $1 AND member_kind = $2 AND member_key = $3
+             ORDER BY 1",
         )
         .bind(school_id)
         .bind(kind.as_str())
@@ -1307,6 +1515,162 @@ impl Store {
             "SELECT s.brin, p.kind, p.status, count(*) FROM profiles p JOIN schools s ON s.id = p.school_id
              WHERE p.status <> 'pending' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// What the daily job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DailyReport {
+    /// False when another replica holds the job or it already ran today.
+    pub ran: bool,
+    pub date: Option<NaiveDate>,
+    pub placed_in_intake: u64,
+    pub promoted: u64,
+    pub stays_in_intake: u64,
+    pub still_held: u64,
+}
+
+/// Advisory lock key of the daily job ("lasdaily").
+const DAILY_LOCK: i64 = 0x6c61_7364_6169_6c79;
+
+/// A portal group that no LAS group feeds any more (R7).
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Leftover {
+    pub portal_group_id: i64,
+    pub name: Option<String>,
+    pub las_key: Option<String>,
+    /// `removed_in_las` or `unmapped_at_first_run`.
+    pub reason: String,
+    pub group_items: i64,
+}
+
+impl Store {
+    /// R9 daily job: imports held children whose intake window opened and
+    /// moves 4-year-olds from intake to their LAS groups, without any new
+    /// message. Exactly once per day across replicas (advisory lock plus the
+    /// date of the last run); `force` (the `tick` command) runs it anyway.
+    pub async fn run_daily(
+        &self,
+        today: NaiveDate,
+        force: bool,
+    ) -> Result<DailyReport, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if force {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(DAILY_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(DAILY_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            let last: Option<NaiveDate> =
+                sqlx::query_scalar("SELECT last_run_date FROM daily_jobs WHERE job = 'intake'")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if !got || last.is_some_and(|d| d >= today) {
+                return Ok(DailyReport::default());
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.birth_date, p.las_group_keys, p.in_intake,
+                    s.las_system, s.environment_id, s.environment_label, s.intake_weeks_ahead, s.default_staff_role,
+                    s.link_staff_to_groups, s.esis_composite_groups, s.retention_days
+             FROM profiles p JOIN schools s ON s.id = p.school_id
+             WHERE p.kind = 'student' AND (p.status = 'held' OR (p.status = 'active' AND p.in_intake))
+             ORDER BY p.id
+             FOR UPDATE OF p",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut report = DailyReport {
+            ran: true,
+            date: Some(today),
+            ..DailyReport::default()
+        };
+        let mut members = Members::default();
+        let mut ids = Vec::new();
+        let mut statuses = Vec::new();
+        let mut intakes = Vec::new();
+        let mut intake_schools = HashSet::new();
+        for row in rows {
+            let settings = settings_from_row(&row)?;
+            let status =
+                Status::parse(&row.try_get::<String, _>("status")?).unwrap_or(Status::Held);
+            let in_intake: bool = row.try_get("in_intake")?;
+            let las_groups: Vec<String> = row.try_get("las_group_keys")?;
+            let (placement, decision) = rules::place_student(
+                row.try_get("birth_date")?,
+                &las_groups,
+                in_intake,
+                &settings,
+                today,
+            );
+            match decision.map(|d| d.action) {
+                Some(rules::Action::PlacedInIntake) => report.placed_in_intake += 1,
+                Some(rules::Action::Promoted) => report.promoted += 1,
+                Some(rules::Action::StaysInIntake) => report.stays_in_intake += 1,
+                Some(rules::Action::HeldBack) => report.still_held += 1,
+                _ => {}
+            }
+            if placement.status == status && placement.in_intake == in_intake {
+                continue;
+            }
+            let school_id: i64 = row.try_get("school_id")?;
+            let key: String = row.try_get("las_key")?;
+            if placement.in_intake {
+                intake_schools.insert(school_id);
+            }
+            members.replace(
+                school_id,
+                ProfileKind::Student,
+                &key,
+                &placement.groups,
+                false,
+            );
+            ids.push(row.try_get::<i64, _>("id")?);
+            statuses.push(placement.status.as_str());
+            intakes.push(placement.in_intake);
+        }
+        sqlx::query(
+            "UPDATE profiles p SET status = t.st, in_intake = t.i, updated_at = now()
+             FROM UNNEST($1::int8[], $2::text[], $3::bool[]) AS t(id, st, i) WHERE p.id = t.id",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&intakes)
+        .execute(&mut *tx)
+        .await?;
+        ensure_intake_groups(&mut tx, &intake_schools.into_iter().collect::<Vec<_>>()).await?;
+        members.write(&mut tx).await?;
+        let mut effects = BatchEffects::default();
+        reconcile_guardians(&mut tx, &ids, &[], &mut effects).await?;
+        sqlx::query(
+            "INSERT INTO daily_jobs (job, last_run_date) VALUES ('intake', $1)
+             ON CONFLICT (job) DO UPDATE SET last_run_date = GREATEST(daily_jobs.last_run_date, EXCLUDED.last_run_date), last_run_at = now()",
+        )
+        .bind(today)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// R7: portal groups no LAS group feeds: removed in the LAS, or not mapped
+    /// at the first run. They are never deleted; the school decides.
+    pub async fn leftovers(&self, brin: &str) -> Result<Vec<Leftover>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT g.id AS portal_group_id, g.name, g.las_key,
+                    CASE WHEN g.las_key IS NULL THEN 'unmapped_at_first_run' ELSE 'removed_in_las' END AS reason,
+                    (SELECT count(*) FROM group_items i WHERE i.group_id = g.id) AS group_items
+             FROM portal_groups g JOIN schools s ON s.id = g.school_id
+             WHERE s.brin = $1 AND g.status = 'detached'
+             ORDER BY g.name, g.id",
+        )
+        .bind(brin)
         .fetch_all(&self.pool)
         .await?)
     }
