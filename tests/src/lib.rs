@@ -193,6 +193,12 @@ impl TestEnv {
         }
     }
 
+    /// Sets a worker environment variable for the next `spawn_worker`.
+    pub fn extra_env_set(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Sends SIGTERM and waits for the worker to exit; returns how long it took.
     pub fn stop_worker(&mut self) -> Option<Duration> {
         let mut child = self.worker.take()?;
@@ -339,6 +345,57 @@ impl TestEnv {
                 String::from_utf8_lossy(&out.stderr)
             ),
         }
+    }
+
+    /// Runs a `las-worker` command against this world's database: (exit code, stdout).
+    pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(worker_bin())
+            .args(args)
+            .env("DATABASE_URL", self.database_url())
+            .env("AMQP_URL", self.amqp_url())
+            .env("LOG_FORMAT", "json")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Publishes every message of an example file in `contracts/examples/`
+    /// (`.json`: one message, `.ndjson`: one per line); returns how many.
+    pub async fn publish_example(&self, name: &str) -> usize {
+        let text = std::fs::read_to_string(
+            workspace_root()
+                .join("contracts")
+                .join("examples")
+                .join(name),
+        )
+        .unwrap();
+        let msgs: Vec<Value> = if name.ends_with(".ndjson") {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        } else {
+            vec![serde_json::from_str(&text).unwrap()]
+        };
+        self.publish(&msgs).await;
+        msgs.len()
+    }
+
+    /// Reads an example message from `contracts/examples/`.
+    pub fn example(name: &str) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(
+                workspace_root()
+                    .join("contracts")
+                    .join("examples")
+                    .join(name),
+            )
+            .unwrap(),
+        )
+        .unwrap()
     }
 
     /// Takes every message from the dead-letter queue: (headers, body).

@@ -156,10 +156,7 @@ impl Pipeline {
                 out[*i] = Some(match outcome {
                     MessageOutcome::Applied { decisions } => {
                         for d in &decisions {
-                            self.metrics
-                                .decisions
-                                .with_label_values(&[d.rule.as_str(), d.action.as_str()])
-                                .inc();
+                            self.metrics.record_decision(d);
                         }
                         if let Inbound::Change(c) = m {
                             let lag =

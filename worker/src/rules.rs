@@ -895,7 +895,7 @@ pub fn check_source(
         return Err(refuse(
             RejectReason::UnknownBrin,
             format!(
-                "no portal is linked to BRIN {brin}; link the school first (portal.link.v1 or `las-worker school configure`), then replay this message (R6)"
+                "no portal is linked to BRIN {brin}; link the school first (a portal.link.v1 message), then publish this message again from the dead-letter queue (R6)"
             ),
         ));
     };

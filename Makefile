@@ -1,0 +1,41 @@
+# Developer entry points of las-worker. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+
+.PHONY: help build run demo test lint schema fmt bench clean-demo
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-11s %s\n", $$1, $$2 }'
+
+build: ## Build every crate of the workspace
+	$(CARGO) build --workspace
+
+run: build ## Run the worker against local RabbitMQ/PostgreSQL (env: AMQP_URL, DATABASE_URL, ...)
+	LOG_FORMAT=pretty ./target/debug/las-worker run
+
+demo: ## End-to-end demo in its own database and vhost (scripts/demo.sh)
+	bash scripts/demo.sh
+
+test: ## Check services, then build and run every test (needs PostgreSQL and RabbitMQ)
+	bash scripts/check-services.sh
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+schema: ## Regenerate contracts/schema/*.json from the Rust types
+	$(CARGO) run -q -p las-contracts --bin gen-schema
+
+fmt: ## Format all code
+	$(CARGO) fmt --all
+
+bench: ## Benchmarks (not there yet)
+	@echo "benchmark harness arrives with issue #7"
+
+clean-demo: ## Stop a leftover demo worker, drop the demo database and vhost, remove .demo/
+	bash scripts/demo.sh --clean
