@@ -367,6 +367,52 @@ pub struct PortalLinkV1 {
     pub emitted_at: Option<DateTime<Utc>>,
 }
 
+/// The schema id of a parent edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ParentEditSchema {
+    #[serde(rename = "portal.parent_edit.v1")]
+    V1,
+}
+
+/// A parent edited imported fields of their own profile in the portal (R10).
+/// The portal does not change the value (the LAS is leading, R1); the worker
+/// e-mails the edit as a suggestion to the school.
+///
+/// Routing key: `portal.<brin>.parent_edit`. Name the guardian by LAS key or
+/// by portal profile id (at least one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "portal.parent_edit.v1")]
+pub struct ParentEditV1 {
+    pub schema: ParentEditSchema,
+    pub message_id: Uuid,
+    #[schemars(regex(pattern = r"^[0-9]{2}[A-Z0-9]{2}$"))]
+    pub brin: String,
+    #[serde(default)]
+    pub guardian_las_key: Option<String>,
+    #[serde(default)]
+    pub guardian_profile_id: Option<i64>,
+    pub edited_at: DateTime<Utc>,
+    /// The proposed values, per field (contract field names, e.g. `phone`).
+    /// `null` or an empty string proposes to remove the value.
+    #[schemars(length(min = 1))]
+    pub changes: Vec<FieldProposal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FieldProposal {
+    /// One of first_name, name_prefix, last_name, street, postcode, city,
+    /// phone, mobile, emergency_phone, email; other names are portal-only
+    /// fields and are not suggestions (R5).
+    pub field: String,
+    #[serde(default)]
+    pub proposed: Option<String>,
+}
+
+/// The routing key a parent edit is published with.
+pub fn parent_edit_routing_key(msg: &ParentEditV1) -> String {
+    format!("portal.{}.parent_edit", msg.brin)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct GroupMapping {
     pub las_group_key: String,
@@ -478,6 +524,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     vec![
         ("las.change.v1", schemars::schema_for!(LasChangeV1)),
         ("portal.link.v1", schemars::schema_for!(PortalLinkV1)),
+        ("portal.parent_edit.v1", schemars::schema_for!(ParentEditV1)),
         ("reject-reason.v1", reject_reason),
     ]
 }

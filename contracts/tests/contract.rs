@@ -203,6 +203,16 @@ fn examples_are_valid() {
                     .or_insert_with(|| origin.clone());
                 serde_json::to_value(&msg).expect("serialize PortalLinkV1")
             }
+            "portal.parent_edit.v1" => {
+                let msg: las_contracts::ParentEditV1 = serde_json::from_value(ex.value.clone())
+                    .unwrap_or_else(|e| panic!("{origin} is not a ParentEditV1: {e}"));
+                assert!(las_contracts::is_valid_brin(&msg.brin), "{origin}: BRIN");
+                assert!(
+                    msg.guardian_las_key.is_some() || msg.guardian_profile_id.is_some(),
+                    "{origin}: names no guardian"
+                );
+                serde_json::to_value(&msg).expect("serialize ParentEditV1")
+            }
             other => panic!("{origin}: example of unexpected schema {other:?}"),
         };
         // What the Rust types write must match the schema too.

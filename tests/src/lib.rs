@@ -164,6 +164,7 @@ impl TestEnv {
                 "debug,sqlx=warn,lapin=warn,amq_protocol=warn,hyper=warn",
             )
             .env("BATCH_MAX_WAIT_MS", "5")
+            .env("MAIL_DIR", self.mail_dir())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
         for (k, v) in &self.extra_env {
@@ -191,6 +192,66 @@ impl TestEnv {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Where this world's worker writes e-mails (the file transport).
+    pub fn mail_dir(&self) -> PathBuf {
+        workspace_root()
+            .join("target")
+            .join("e2e-mail")
+            .join(&self.id)
+    }
+
+    /// The `.eml` files written so far.
+    pub fn mails(&self) -> Vec<String> {
+        let mut out: Vec<(String, String)> = std::fs::read_dir(self.mail_dir())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            std::fs::read_to_string(e.path()).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out.into_iter().map(|(_, body)| body).collect()
+    }
+
+    /// Kills the worker with SIGKILL (no graceful stop).
+    pub fn kill_worker(&mut self) {
+        if let Some(mut child) = self.worker.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Adds a portal user to a school; returns its id.
+    pub async fn add_user(
+        &self,
+        brin: &str,
+        name: &str,
+        email: &str,
+        role: &str,
+        notify: bool,
+    ) -> i64 {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO portal_users (school_id, display_name, email, role) SELECT id, $2, $3, $4 FROM schools WHERE brin = $1 RETURNING id",
+        )
+        .bind(brin)
+        .bind(name)
+        .bind(email)
+        .bind(role)
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        if notify {
+            sqlx::query("INSERT INTO portal_user_rights (user_id, \"right\") VALUES ($1, 'notify_contact_changes')").bind(id).execute(&self.db).await.unwrap();
+        }
+        id
     }
 
     /// Sets a worker environment variable for the next `spawn_worker`.
@@ -488,6 +549,7 @@ impl Drop for TestEnv {
             .stderr(Stdio::null())
             .status();
         let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+        let _ = std::fs::remove_dir_all(self.mail_dir());
     }
 }
 
@@ -498,6 +560,10 @@ pub fn route(m: &Value) -> (String, String) {
         Some("portal.link.v1") => (
             las_contracts::PORTAL_REQUESTS_EXCHANGE.into(),
             format!("portal.{brin}.link"),
+        ),
+        Some("portal.parent_edit.v1") => (
+            las_contracts::PORTAL_REQUESTS_EXCHANGE.into(),
+            format!("portal.{brin}.parent_edit"),
         ),
         _ => (
             las_contracts::LAS_CHANGES_EXCHANGE.into(),
@@ -551,4 +617,180 @@ pub fn header_text(h: &FieldTable, key: &str) -> Option<String> {
             AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
             other => format!("{other:?}"),
         })
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the operations tests (tests/tests/operations.rs): broker
+// inspection through rabbitmqctl, bulk publishing, metric parsing.
+// ---------------------------------------------------------------------------
+
+/// Runs `rabbitmqctl` and returns its standard output, or an error with its
+/// standard error.
+pub fn rabbitmqctl_output(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run rabbitmqctl ({e}): install rabbitmq-server"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "rabbitmqctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    }
+}
+
+/// The value of one sample in a Prometheus text exposition: `sample` is the
+/// metric name with its labels exactly as rendered (labels sorted by name),
+/// e.g. `las_consumer_up{queue="changes"}`.
+pub fn metric_sample(body: &str, sample: &str) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Sum of every sample of a family (`name` or `name{...}`) whose labels
+/// contain all of `labels` (e.g. `[("outcome", "applied")]`).
+pub fn metric_sum(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+impl TestEnv {
+    /// A fresh world (database and vhost) without a worker; start one with
+    /// `spawn_worker` (after `extra_env_set`, if needed).
+    pub async fn start_without_worker() -> TestEnv {
+        Self::new_world().await
+    }
+
+    /// `messages` (ready + unacknowledged) per queue of this world's vhost.
+    pub fn queue_depths(&self) -> BTreeMap<String, u64> {
+        let out = rabbitmqctl_output(&[
+            "list_queues",
+            "-q",
+            "-s",
+            "-p",
+            &self.vhost,
+            "name",
+            "messages",
+        ])
+        .unwrap();
+        out.lines()
+            .filter_map(|l| {
+                let mut cols = l.split('\t');
+                let name = cols.next()?.trim().to_owned();
+                let n = cols.next()?.trim().parse().ok()?;
+                Some((name, n))
+            })
+            .collect()
+    }
+
+    /// Waits until a queue of this world's vhost holds `n` messages (ready +
+    /// unacknowledged); panics with the depths seen after `timeout`.
+    pub async fn wait_queue_depth(&self, queue: &str, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let depths = self.queue_depths();
+            if depths.get(queue) == Some(&n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue {queue} should hold {n} messages; depths {depths:?}; log: {}",
+                self.log_path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Closes, through the broker, every connection of the worker in this
+    /// vhost (the ones named `las-worker ...`); returns how many it closed.
+    /// Other connections in the vhost (a test's publisher) stay open.
+    pub fn kill_worker_connections(&self, reason: &str) -> usize {
+        let out = rabbitmqctl_output(&[
+            "list_connections",
+            "-q",
+            "-s",
+            "pid",
+            "vhost",
+            "client_properties",
+        ])
+        .unwrap();
+        let mut closed = 0;
+        for line in out.lines() {
+            let mut cols = line.splitn(3, '\t');
+            let (Some(pid), Some(vhost), Some(props)) = (cols.next(), cols.next(), cols.next())
+            else {
+                continue;
+            };
+            if vhost.trim() == self.vhost && props.contains("las-worker") {
+                rabbitmqctl_output(&["close_connection", pid.trim(), reason]).unwrap();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Publishes many messages over one connection, with publisher confirms
+    /// awaited per chunk (much faster than `publish`); each message goes to
+    /// the exchange and routing key its own fields name.
+    pub async fn publish_many(&self, msgs: &[Value]) {
+        publish_many_to(&self.amqp_url(), msgs).await;
+    }
+}
+
+/// `TestEnv::publish_many` without the `TestEnv`, for a publisher running in
+/// a background task while the test holds the environment.
+pub async fn publish_many_to(amqp_url: &str, msgs: &[Value]) {
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for chunk in msgs.chunks(250) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            let (exchange, key) = route(m);
+            confirms.push(
+                ch.basic_publish(
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(m).unwrap(),
+                    BasicProperties::default()
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(2),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(
+                c.await.unwrap().is_ack(),
+                "broker did not confirm a publish"
+            );
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
 }

@@ -128,6 +128,113 @@ pub enum Command {
     /// Portal groups (R7).
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// A school's link (R6) and suggestion recipients (R10).
+    #[command(subcommand)]
+    School(SchoolCommand),
+    /// Suggestions from parents' edits (R10).
+    #[command(subcommand)]
+    Suggestions(SuggestionsCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SchoolCommand {
+    /// Who receives suggestion e-mails: active link administrators and users
+    /// with the notify-contact-changes right. JSON lines.
+    #[command(after_help = "Example:\n  las-worker school recipients --brin 12AB")]
+    Recipients {
+        #[arg(long)]
+        brin: String,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SuggestionsCommand {
+    /// Suggestions of a school with their e-mail state, newest first. JSON lines.
+    #[command(after_help = "Example:\n  las-worker suggestions list --brin 12AB --status open")]
+    List {
+        #[arg(long)]
+        brin: String,
+        #[arg(long, value_parser = ["open", "resolved", "discarded"])]
+        status: Option<String>,
+    },
+    /// Discard an open suggestion (the school decided against it); its unsent
+    /// e-mails are cancelled. Exit code 1 when there is no such open suggestion.
+    #[command(
+        after_help = "Example:\n  las-worker suggestions discard --id 42 --reason \"school contacted the parent\""
+    )]
+    Discard {
+        #[arg(long)]
+        id: i64,
+        #[arg(long, default_value = "discarded by an operator")]
+        reason: String,
+    },
+}
+
+/// A secret value (an API token): never shown.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MailArgs {
+    /// Base URL of the HTTP e-mail API (`POST {url}/messages`). Unset: e-mails
+    /// are written as .eml files into MAIL_DIR.
+    #[arg(long, env = "MAIL_API_URL")]
+    pub mail_api_url: Option<String>,
+    /// Bearer token of the e-mail API (never logged).
+    #[arg(long, env = "MAIL_API_TOKEN", hide_env_values = true)]
+    pub mail_api_token: Option<Secret>,
+    /// Sender address of suggestion e-mails.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Ouderportaal <noreply@ouderportaal.example>"
+    )]
+    pub mail_from: String,
+    /// Directory for .eml files when no API is configured.
+    #[arg(long, env = "MAIL_DIR", default_value = "mail-out")]
+    pub mail_dir: std::path::PathBuf,
+    /// Time-out of one call to the e-mail API.
+    #[arg(long, env = "MAIL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub mail_timeout_ms: u64,
+    /// Run the e-mail dispatcher in this process.
+    #[arg(long, env = "MAIL_DISPATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub mail_dispatch: bool,
+}
+
+impl MailArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mail_api_url.is_some() && self.mail_api_token.is_none() {
+            return Err("MAIL_API_URL is set but MAIL_API_TOKEN is not".into());
+        }
+        if let Some(u) = &self.mail_api_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err("MAIL_API_URL must start with http:// or https://".into());
+        }
+        if self.mail_timeout_ms == 0 {
+            return Err("MAIL_TIMEOUT_MS must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -186,6 +293,8 @@ pub struct RunArgs {
     /// for tests and demos of the intake rules (R9). Never set in production.
     #[arg(long, env = "LAS_TODAY")]
     pub today: Option<chrono::NaiveDate>,
+    #[command(flatten)]
+    pub mail: MailArgs,
     /// Run the daily job (R9 intake) at start and just after local midnight.
     #[arg(long, env = "DAILY_JOB", default_value_t = true, action = clap::ArgAction::Set)]
     pub daily_job: bool,
@@ -215,6 +324,7 @@ impl RunArgs {
         if self.db_max_connections == 0 {
             return Err("DB_MAX_CONNECTIONS must be at least 1".into());
         }
+        self.mail.validate()?;
         Ok(())
     }
 
@@ -279,6 +389,24 @@ mod tests {
             panic!("run expected")
         };
         assert!(run.validate().is_err());
+    }
+
+    #[test]
+    fn api_token_is_never_shown() {
+        let cli = Cli::try_parse_from([
+            "las-worker",
+            "run",
+            "--mail-api-url",
+            "https://mail.example",
+            "--mail-api-token",
+            "tok-123",
+        ])
+        .expect("parses");
+        assert!(!format!("{cli:?}").contains("tok-123"));
+        let Command::Run(run) = cli.command else {
+            panic!("run expected")
+        };
+        assert!(run.validate().is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! Pure; every failure becomes a [`Rejection`] a support desk can read.
 
 use las_contracts::{
-    Change, LasChangeV1, MAX_MESSAGE_BYTES, PortalLinkV1, RejectReason, is_valid_brin,
+    Change, LasChangeV1, MAX_MESSAGE_BYTES, ParentEditV1, PortalLinkV1, RejectReason, is_valid_brin,
 };
 use serde::Deserialize;
 
@@ -11,6 +11,7 @@ use serde::Deserialize;
 pub enum Inbound {
     Change(Box<LasChangeV1>),
     Link(Box<PortalLinkV1>),
+    ParentEdit(Box<ParentEditV1>),
 }
 
 impl Inbound {
@@ -18,6 +19,7 @@ impl Inbound {
         match self {
             Inbound::Change(c) => c.message_id,
             Inbound::Link(l) => l.message_id,
+            Inbound::ParentEdit(e) => e.message_id,
         }
     }
 
@@ -25,6 +27,7 @@ impl Inbound {
         match self {
             Inbound::Change(c) => &c.brin,
             Inbound::Link(l) => &l.brin,
+            Inbound::ParentEdit(e) => &e.brin,
         }
     }
 
@@ -33,6 +36,7 @@ impl Inbound {
         match self {
             Inbound::Change(c) => c.change.type_name(),
             Inbound::Link(_) => "portal.link",
+            Inbound::ParentEdit(_) => "portal.parent_edit",
         }
     }
 }
@@ -67,7 +71,7 @@ struct Probe {
     message_id: Option<uuid::Uuid>,
 }
 
-const KNOWN_SCHEMAS: [&str; 2] = ["las.change.v1", "portal.link.v1"];
+const KNOWN_SCHEMAS: [&str; 3] = ["las.change.v1", "portal.link.v1", "portal.parent_edit.v1"];
 
 /// Reads a message body.
 pub fn parse(body: &[u8]) -> Result<Inbound, Rejection> {
@@ -120,6 +124,8 @@ pub fn parse(body: &[u8]) -> Result<Inbound, Rejection> {
             .and_then(|m| validate_change(&m).map(|_| Inbound::Change(Box::new(m)))),
         "portal.link.v1" => decode::<PortalLinkV1>(body)
             .and_then(|m| validate_link(&m).map(|_| Inbound::Link(Box::new(m)))),
+        "portal.parent_edit.v1" => decode::<ParentEditV1>(body)
+            .and_then(|m| validate_parent_edit(&m).map(|_| Inbound::ParentEdit(Box::new(m)))),
         other => Err(Rejection::new(
             RejectReason::UnknownSchema,
             format!(
@@ -275,6 +281,27 @@ pub fn validate_change(m: &LasChangeV1) -> Result<(), Rejection> {
         && y.school_year.trim().is_empty()
     {
         return Err(bad("field `change.school_year` is empty"));
+    }
+    Ok(())
+}
+
+pub fn validate_parent_edit(m: &ParentEditV1) -> Result<(), Rejection> {
+    check_brin(&m.brin)?;
+    let key = m
+        .guardian_las_key
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    if key.is_none() && m.guardian_profile_id.is_none() {
+        return Err(bad(
+            "name the guardian: `guardian_las_key` or `guardian_profile_id`",
+        ));
+    }
+    if m.changes.is_empty() {
+        return Err(bad("field `changes` is empty"));
+    }
+    if m.changes.len() > 50 {
+        return Err(bad("field `changes` has more than 50 entries"));
     }
     Ok(())
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use las_worker::bus::{self, BusSettings, Health, QueueKind};
-use las_worker::config::{Cli, Command, GroupsCommand, PublishArgs, RunArgs, SecretUrl};
+use las_worker::config::{
+    Cli, Command, GroupsCommand, PublishArgs, RunArgs, SchoolCommand, SecretUrl, SuggestionsCommand,
+};
+use las_worker::mail::{DispatchSettings, Dispatcher, FileTransport, HttpTransport, Transport};
 use las_worker::metrics::Metrics;
 use las_worker::pipeline::{Clock, Pipeline};
 use las_worker::rules::ProfileKind;
@@ -17,6 +20,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
+    // TLS for the e-mail API (reqwest) uses ring, like sqlx and lapin.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     telemetry::init(cli.common.log_format, &cli.common.log_filter);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +81,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&l)?);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::School(SchoolCommand::Recipients { brin }) => {
+            let store = open_store(db, 1, false).await?;
+            match store.recipients(&brin).await? {
+                Some(users) => {
+                    for u in users {
+                        println!("{}", serde_json::to_string(&u)?);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("no school with BRIN {brin}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Suggestions(SuggestionsCommand::List { brin, status }) => {
+            let store = open_store(db, 1, false).await?;
+            for s in store.suggestions(&brin, status.as_deref()).await? {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Suggestions(SuggestionsCommand::Discard { id, reason }) => {
+            let store = open_store(db, 1, false).await?;
+            if store.discard_suggestion(id, &reason).await? {
+                println!("suggestion {id} discarded");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("no open suggestion with id {id}");
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Summary => {
             let store = open_store(db, 1, false).await?;
@@ -190,6 +227,32 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         batch_max_wait: args.batch_max_wait(),
         delivery_limit: args.broker.delivery_limit,
     };
+    let mail = if args.mail.mail_dispatch {
+        let transport = match (&args.mail.mail_api_url, &args.mail.mail_api_token) {
+            (Some(url), Some(token)) => Transport::Http(
+                HttpTransport::new(
+                    url,
+                    token.expose(),
+                    &args.mail.mail_from,
+                    Duration::from_millis(args.mail.mail_timeout_ms),
+                )
+                .map_err(anyhow::Error::msg)?,
+            ),
+            _ => Transport::Files(FileTransport::new(
+                args.mail.mail_dir.clone(),
+                &args.mail.mail_from,
+            )),
+        };
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            transport,
+            metrics.clone(),
+            DispatchSettings::default(),
+        );
+        Some(tokio::spawn(dispatcher.run(rx.clone())))
+    } else {
+        None
+    };
     let changes = tokio::spawn(bus::run_consumer(
         QueueKind::Changes,
         settings.clone(),
@@ -219,6 +282,10 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(d) = daily {
         d.abort();
+    }
+    if let Some(m) = mail {
+        // Finish the send in flight; what is left stays in the outbox.
+        let _ = tokio::time::timeout(Duration::from_secs(15), m).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     signal.abort();

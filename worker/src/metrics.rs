@@ -39,6 +39,14 @@ pub struct Metrics {
     pub intake: IntCounterVec,
     /// Runs of the daily job, by outcome (ran, skipped: another replica or already done today).
     pub daily_runs: IntCounterVec,
+    /// R10: suggestions by event (opened, resolved, discarded, no_recipients).
+    pub suggestions: IntCounterVec,
+    /// R10: seconds from a parent's edit to the LAS import that resolved it.
+    pub suggestion_resolution_seconds: prometheus::Histogram,
+    /// E-mails by outcome (sent, retry, failed) and reason.
+    pub emails: IntCounterVec,
+    /// E-mails waiting in the outbox (pending or being sent).
+    pub outbox_depth: IntGauge,
     /// Build info.
     pub build_info: IntGauge,
 }
@@ -171,6 +179,34 @@ impl Metrics {
             "Daily job runs (intake promotion), by outcome.",
             &["outcome"],
         );
+        let suggestions = counter(
+            &registry,
+            "las_suggestions_total",
+            "Suggestions from parents' edits (R10), by event: opened, resolved, no_recipients.",
+            &["event"],
+        );
+        let suggestion_resolution_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new("las_suggestion_resolution_seconds", "Time from a parent's edit to the LAS import that brought the proposed values (R10).")
+                .buckets(vec![60.0, 600.0, 3600.0, 6.0 * 3600.0, 86400.0, 3.0 * 86400.0, 7.0 * 86400.0, 30.0 * 86400.0]),
+        )
+        .unwrap_or_else(|e| panic!("metric las_suggestion_resolution_seconds: {e}"));
+        registry
+            .register(Box::new(suggestion_resolution_seconds.clone()))
+            .unwrap_or_else(|e| panic!("metric las_suggestion_resolution_seconds: {e}"));
+        let emails = counter(
+            &registry,
+            "las_emails_total",
+            "E-mail send attempts, by outcome (sent, retry, failed) and reason (ok, rate_limited, server_error, timeout, connection, rejected).",
+            &["outcome", "reason"],
+        );
+        let outbox_depth = IntGauge::with_opts(Opts::new(
+            "las_email_outbox_depth",
+            "E-mails waiting in the outbox (pending or being sent).",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_email_outbox_depth: {e}"));
+        registry
+            .register(Box::new(outbox_depth.clone()))
+            .unwrap_or_else(|e| panic!("metric las_email_outbox_depth: {e}"));
         let build_info = IntGauge::with_opts(
             Opts::new("las_build_info", "Build information; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -195,6 +231,10 @@ impl Metrics {
             consumer_up,
             intake,
             daily_runs,
+            suggestions,
+            suggestion_resolution_seconds,
+            emails,
+            outbox_depth,
             build_info,
         }
     }

@@ -254,6 +254,19 @@ impl Pipeline {
                 .with_label_values(&[kind, change])
                 .inc_by(*n);
         }
+        let m = &self.metrics;
+        m.suggestions
+            .with_label_values(&["opened"])
+            .inc_by(effects.suggestions_opened);
+        m.suggestions
+            .with_label_values(&["no_recipients"])
+            .inc_by(effects.suggestions_without_recipients);
+        m.suggestions
+            .with_label_values(&["resolved"])
+            .inc_by(effects.suggestions_resolved.len() as u64);
+        for took in &effects.suggestions_resolved {
+            m.suggestion_resolution_seconds.observe(*took);
+        }
         let now = chrono::Utc::now().timestamp();
         for brin in &effects.schools_synced {
             self.metrics.last_sync.with_label_values(&[brin]).set(now);

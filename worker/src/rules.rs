@@ -90,6 +90,10 @@ pub enum Action {
     CompositeSkipped,
     /// A group the LAS removed is detached and emptied, never deleted (R7).
     Detached,
+    /// A parent's edit of this field became a suggestion to the school (R10).
+    SuggestionOpened,
+    /// A parent's edit that is no suggestion: portal-only field or unchanged value (R10).
+    NotASuggestion,
 }
 
 impl Action {
@@ -115,6 +119,8 @@ impl Action {
             Action::MappedToYearGroup => "mapped_to_year_group",
             Action::CompositeSkipped => "composite_skipped",
             Action::Detached => "detached",
+            Action::SuggestionOpened => "suggestion_opened",
+            Action::NotASuggestion => "not_a_suggestion",
         }
     }
 }
