@@ -24,6 +24,9 @@ pub const PORTAL_REQUESTS_EXCHANGE: &str = "portal.requests";
 pub const DEAD_LETTER_EXCHANGE: &str = "las-worker.dead-letter";
 /// Queue holding messages the worker rejected.
 pub const DEAD_LETTER_QUEUE: &str = "las-worker.dead-letter";
+/// Exchange (topic, durable) on which the worker publishes sync events
+/// ([`SyncEventV1`]), routing key `sync.<brin>.<event type>`.
+pub const SYNC_EVENTS_EXCHANGE: &str = "las.sync-events";
 /// Queue the worker consumes LAS change messages from.
 pub const CHANGES_QUEUE: &str = "las-worker.changes";
 /// Queue the worker consumes portal requests from.
@@ -60,6 +63,10 @@ pub struct LasChangeV1 {
     #[schemars(range(min = 1, max = 9_223_372_036_854_775_807u64))]
     pub version: u64,
     pub change: Change,
+    /// Added in v1.1 (optional): the full snapshot this upsert belongs to
+    /// (between `snapshot.started` and `snapshot.completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<Uuid>,
 }
 
 /// Which LAS environment sent the message (R6).
@@ -119,6 +126,25 @@ pub enum Change {
     GroupRemoved(Removed),
     #[serde(rename = "school_year.rolled_over")]
     SchoolYearRolledOver(SchoolYear),
+    /// A full snapshot of the school starts (added in v1.1).
+    #[serde(rename = "snapshot.started")]
+    SnapshotStarted(SnapshotStarted),
+    /// A full snapshot is complete: profiles it did not include are removed,
+    /// unless the deletion guard holds it (added in v1.1).
+    #[serde(rename = "snapshot.completed")]
+    SnapshotCompleted(SnapshotCompleted),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotStarted {
+    pub snapshot_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotCompleted {
+    pub snapshot_id: Uuid,
+    /// How many upserts with this `snapshot_id` the connector sent.
+    pub records_sent: u64,
 }
 
 impl Change {
@@ -134,6 +160,8 @@ impl Change {
             Change::StaffRemoved(_) => "staff.removed",
             Change::GroupRemoved(_) => "group.removed",
             Change::SchoolYearRolledOver(_) => "school_year.rolled_over",
+            Change::SnapshotStarted(_) => "snapshot.started",
+            Change::SnapshotCompleted(_) => "snapshot.completed",
         }
     }
 
@@ -148,12 +176,14 @@ impl Change {
             | Change::GuardianRemoved(r)
             | Change::StaffRemoved(r)
             | Change::GroupRemoved(r) => Some(&r.las_key),
-            Change::SchoolYearRolledOver(_) => None,
+            Change::SchoolYearRolledOver(_)
+            | Change::SnapshotStarted(_)
+            | Change::SnapshotCompleted(_) => None,
         }
     }
 
     /// Every type tag, in contract order.
-    pub const TYPE_NAMES: [&'static str; 9] = [
+    pub const TYPE_NAMES: [&'static str; 11] = [
         "student.upserted",
         "guardian.upserted",
         "staff.upserted",
@@ -163,6 +193,8 @@ impl Change {
         "staff.removed",
         "group.removed",
         "school_year.rolled_over",
+        "snapshot.started",
+        "snapshot.completed",
     ];
 }
 
@@ -363,6 +395,12 @@ pub struct PortalLinkV1 {
     /// First run: LAS groups mapped onto existing portal groups (R7).
     #[serde(default)]
     pub group_mapping: Option<Vec<GroupMapping>>,
+    /// Added in v1.1: a full snapshot that would deactivate more than this
+    /// percentage of the school's active profiles (and at least 5) is held for
+    /// an operator; default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub snapshot_guard_percent: Option<u32>,
     #[serde(default)]
     pub emitted_at: Option<DateTime<Utc>>,
 }
@@ -406,6 +444,75 @@ pub struct FieldProposal {
     pub field: String,
     #[serde(default)]
     pub proposed: Option<String>,
+}
+
+/// The schema id of a sync event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SyncEventSchema {
+    #[serde(rename = "las.sync_event.v1")]
+    V1,
+}
+
+/// What happened, for services that follow the portal's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SyncEventType {
+    #[serde(rename = "profile.created")]
+    ProfileCreated,
+    #[serde(rename = "profile.updated")]
+    ProfileUpdated,
+    #[serde(rename = "profile.deactivated")]
+    ProfileDeactivated,
+    #[serde(rename = "profile.reactivated")]
+    ProfileReactivated,
+    #[serde(rename = "profile.moved_from_intake")]
+    ProfileMovedFromIntake,
+    #[serde(rename = "group.created")]
+    GroupCreated,
+    #[serde(rename = "message.rejected")]
+    MessageRejected,
+}
+
+impl SyncEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncEventType::ProfileCreated => "profile.created",
+            SyncEventType::ProfileUpdated => "profile.updated",
+            SyncEventType::ProfileDeactivated => "profile.deactivated",
+            SyncEventType::ProfileReactivated => "profile.reactivated",
+            SyncEventType::ProfileMovedFromIntake => "profile.moved_from_intake",
+            SyncEventType::GroupCreated => "group.created",
+            SyncEventType::MessageRejected => "message.rejected",
+        }
+    }
+}
+
+/// An event the worker publishes after a committed change, on exchange
+/// `las.sync-events` with routing key `sync.<brin>.<event_type>`. It carries
+/// ids, LAS keys and the *names* of changed fields, never their values.
+/// Delivered at least once: deduplicate by `event_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "las.sync_event.v1")]
+pub struct SyncEventV1 {
+    pub schema: SyncEventSchema,
+    pub event_id: Uuid,
+    pub event_type: SyncEventType,
+    pub brin: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The message that caused it, when one did (the daily job and operators act without one).
+    #[serde(default)]
+    pub message_id: Option<Uuid>,
+    /// `student`, `guardian`, `staff` or `group`.
+    #[serde(default)]
+    pub entity_kind: Option<String>,
+    #[serde(default)]
+    pub las_key: Option<String>,
+    /// Names of the fields that changed (profile.updated).
+    #[serde(default)]
+    pub changed_fields: Vec<String>,
+    /// Why, for profile.deactivated (`removed_in_las`, `all_students_removed`,
+    /// `missing_from_snapshot`) and message.rejected (a reason code).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The routing key a parent edit is published with.
@@ -525,6 +632,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("las.change.v1", schemars::schema_for!(LasChangeV1)),
         ("portal.link.v1", schemars::schema_for!(PortalLinkV1)),
         ("portal.parent_edit.v1", schemars::schema_for!(ParentEditV1)),
+        ("las.sync_event.v1", schemars::schema_for!(SyncEventV1)),
         ("reject-reason.v1", reject_reason),
     ]
 }

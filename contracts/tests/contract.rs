@@ -213,6 +213,12 @@ fn examples_are_valid() {
                 );
                 serde_json::to_value(&msg).expect("serialize ParentEditV1")
             }
+            "las.sync_event.v1" => {
+                let msg: las_contracts::SyncEventV1 = serde_json::from_value(ex.value.clone())
+                    .unwrap_or_else(|e| panic!("{origin} is not a SyncEventV1: {e}"));
+                assert!(las_contracts::is_valid_brin(&msg.brin), "{origin}: BRIN");
+                serde_json::to_value(&msg).expect("serialize SyncEventV1")
+            }
             other => panic!("{origin}: example of unexpected schema {other:?}"),
         };
         // What the Rust types write must match the schema too.

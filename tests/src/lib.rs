@@ -254,6 +254,73 @@ impl TestEnv {
         id
     }
 
+    /// Binds a queue of this test to every sync event (`las.sync-events`, `#`).
+    pub async fn bind_events_queue(&self) {
+        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_declare(
+            "test-events".into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            "test-events".into(),
+            las_contracts::SYNC_EVENTS_EXCHANGE.into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// Takes the sync events that arrived in the test queue so far.
+    pub async fn take_events(&self) -> Vec<Value> {
+        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get("test-events".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(serde_json::from_slice(&m.delivery.data).unwrap());
+        }
+        let _ = conn.close(200, "done".into()).await;
+        out
+    }
+
+    /// Waits until at least `n` sync events arrived (and a moment more for stragglers).
+    pub async fn wait_events(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut got = Vec::new();
+        loop {
+            got.extend(self.take_events().await);
+            if got.len() >= n {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                got.extend(self.take_events().await);
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} sync events, got {}: {got:?}\nlog:\n{}",
+                got.len(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sets a worker environment variable for the next `spawn_worker`.
     pub fn extra_env_set(&mut self, key: &str, value: &str) {
         self.extra_env.retain(|(k, _)| k != key);
@@ -793,4 +860,50 @@ pub async fn publish_many_to(amqp_url: &str, msgs: &[Value]) {
         }
     }
     let _ = conn.close(200, "done".into()).await;
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the operator tools tests (tests/tests/operator_tools.rs).
+// ---------------------------------------------------------------------------
+
+/// The path of an example file in `contracts/examples/`.
+pub fn example_path(name: &str) -> String {
+    workspace_root()
+        .join("contracts")
+        .join("examples")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl TestEnv {
+    /// Runs a `las-worker` command against this world: (exit code, stdout, stderr).
+    pub fn cli_output(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(worker_bin())
+            .args(args)
+            .env("DATABASE_URL", self.database_url())
+            .env("AMQP_URL", self.amqp_url())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Writes lines (messages, or anything else) as an NDJSON file of this
+    /// world; returns its path.
+    pub fn write_file(&self, name: &str, lines: &[String]) -> String {
+        let dir = workspace_root()
+            .join("target")
+            .join("e2e-files")
+            .join(&self.id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path.to_string_lossy().into_owned()
+    }
 }

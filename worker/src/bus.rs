@@ -22,7 +22,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use las_contracts::{
     CHANGES_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, LAS_CHANGES_EXCHANGE, PORTAL_QUEUE,
-    PORTAL_REQUESTS_EXCHANGE, dead_letter,
+    PORTAL_REQUESTS_EXCHANGE, SYNC_EVENTS_EXCHANGE, dead_letter,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -39,6 +39,8 @@ pub enum BusError {
     ConsumerEnded,
     #[error("the broker refused a dead letter (publisher nack)")]
     DeadLetterNacked,
+    #[error("the broker refused a publish (publisher nack)")]
+    Nacked,
 }
 
 /// Which of the worker's queues.
@@ -126,6 +128,13 @@ pub async fn declare_topology(ch: &Channel, delivery_limit: i64) -> Result<(), l
     ch.exchange_declare(
         s(DEAD_LETTER_EXCHANGE),
         ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        s(SYNC_EVENTS_EXCHANGE),
+        ExchangeKind::Topic,
         durable,
         FieldTable::default(),
     )

@@ -134,6 +134,27 @@ pub enum Command {
     /// Suggestions from parents' edits (R10).
     #[command(subcommand)]
     Suggestions(SuggestionsCommand),
+    /// Full snapshots and the deletion guard (R12).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Apply a file of LAS messages (.json: one, .ndjson: one per line) through
+    /// the rules without a broker, or --dry-run it: what would change and why.
+    #[command(
+        after_help = "Examples:\n  las-worker import contracts/examples/link.parnassys.json\n  las-worker import --dry-run contracts/examples/school-12AB.ndjson\n  las-worker import --dry-run --format json --show-values export.ndjson\n  las-worker import export.ndjson\n\nExit codes: 0 every line applied (or duplicate/stale), 1 some lines rejected (listed with line number and reason), 2 usage, file or database error."
+    )]
+    Import(crate::ops::import::ImportArgs),
+    /// The decisions the import rules took for one profile or group, oldest
+    /// first, from the change journal (rule ids and field names, no values).
+    #[command(
+        after_help = "Example:\n  las-worker explain --brin 12AB --kind guardian --las-key O2001\n\nExit codes: 0 printed, 1 no school or nothing in the journal, 2 error."
+    )]
+    Explain(crate::ops::explain::ExplainArgs),
+    /// The change journal behind `explain`.
+    #[command(subcommand)]
+    Journal(crate::ops::explain::JournalCommand),
+    /// Inspect, replay and purge dead letters (queue las-worker.dead-letter).
+    #[command(subcommand)]
+    Dlq(crate::ops::dlq::DlqCommand),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -142,6 +163,42 @@ pub enum SchoolCommand {
     /// with the notify-contact-changes right. JSON lines.
     #[command(after_help = "Example:\n  las-worker school recipients --brin 12AB")]
     Recipients {
+        #[arg(long)]
+        brin: String,
+    },
+    /// Link a school to its LAS environment or change its link settings (R6),
+    /// as a portal.link.v1 message would. Options left out keep their value.
+    #[command(
+        after_help = "Examples:\n  las-worker school configure --brin 12AB --system parnassys --environment-id parnassys-12AB-prod\n  las-worker school configure --brin 34CD --system esis --environment-id esis-34CD --label \"BasisOnline Ouderportaal\" --intake-weeks-ahead 6\n\nExit codes: 0 applied, 1 refused (R6: another LAS environment, ESIS label), 2 invalid option or error."
+    )]
+    Configure(crate::ops::school::ConfigureArgs),
+    /// A school's link settings as JSON, with first_run_at and last_sync_at
+    /// (exit code 1 and no output when the school is not linked).
+    #[command(after_help = "Example:\n  las-worker school show --brin 12AB")]
+    Show {
+        #[arg(long)]
+        brin: String,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SnapshotCommand {
+    /// A school's snapshots, newest first, with why a held one is held. JSON lines.
+    #[command(after_help = "Example:\n  las-worker snapshot list --brin 12AB")]
+    List {
+        #[arg(long)]
+        brin: String,
+    },
+    /// Apply the school's held snapshot: deactivate the profiles it did not
+    /// include, as they stand now. Exit code 1 when nothing is held.
+    #[command(after_help = "Example:\n  las-worker snapshot release --brin 12AB")]
+    Release {
+        #[arg(long)]
+        brin: String,
+    },
+    /// Drop the school's held snapshot: nothing is deactivated. Exit code 1 when nothing is held.
+    #[command(after_help = "Example:\n  las-worker snapshot discard --brin 12AB")]
+    Discard {
         #[arg(long)]
         brin: String,
     },
@@ -295,6 +352,9 @@ pub struct RunArgs {
     pub today: Option<chrono::NaiveDate>,
     #[command(flatten)]
     pub mail: MailArgs,
+    /// Publish the sync-event outbox on las.sync-events from this process.
+    #[arg(long, env = "EVENTS_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub events_publish: bool,
     /// Run the daily job (R9 intake) at start and just after local midnight.
     #[arg(long, env = "DAILY_JOB", default_value_t = true, action = clap::ArgAction::Set)]
     pub daily_job: bool,

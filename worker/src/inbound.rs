@@ -48,6 +48,8 @@ pub struct Rejection {
     pub reason: RejectReason,
     pub text: String,
     pub message_id: Option<uuid::Uuid>,
+    /// The BRIN, when the message could be read far enough to have one.
+    pub brin: Option<String>,
 }
 
 impl Rejection {
@@ -56,6 +58,7 @@ impl Rejection {
             reason,
             text: text.into(),
             message_id: None,
+            brin: None,
         }
     }
 
@@ -69,6 +72,7 @@ impl Rejection {
 struct Probe {
     schema: Option<serde_json::Value>,
     message_id: Option<uuid::Uuid>,
+    brin: Option<serde_json::Value>,
 }
 
 const KNOWN_SCHEMAS: [&str; 3] = ["las.change.v1", "portal.link.v1", "portal.parent_edit.v1"];
@@ -135,8 +139,18 @@ pub fn parse(body: &[u8]) -> Result<Inbound, Rejection> {
             ),
         )),
     };
+    let brin = probe
+        .brin
+        .as_ref()
+        .and_then(|b| b.as_str())
+        .filter(|b| is_valid_brin(b))
+        .map(str::to_owned);
     match (result, probe.message_id) {
-        (Err(r), Some(id)) => Err(r.with_message_id(id)),
+        (Err(r), Some(id)) => Err(Rejection {
+            brin,
+            ..r.with_message_id(id)
+        }),
+        (Err(r), None) => Err(Rejection { brin, ..r }),
         (r, _) => r,
     }
 }

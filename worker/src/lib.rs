@@ -4,10 +4,12 @@
 
 pub mod bus;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod inbound;
 pub mod mail;
 pub mod metrics;
+pub mod ops;
 pub mod pipeline;
 pub mod rules;
 pub mod store;

@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use las_worker::bus::{self, BusSettings, Health, QueueKind};
 use las_worker::config::{
-    Cli, Command, GroupsCommand, PublishArgs, RunArgs, SchoolCommand, SecretUrl, SuggestionsCommand,
+    Cli, Command, GroupsCommand, PublishArgs, RunArgs, SchoolCommand, SecretUrl, SnapshotCommand,
+    SuggestionsCommand,
 };
 use las_worker::mail::{DispatchSettings, Dispatcher, FileTransport, HttpTransport, Transport};
 use las_worker::metrics::Metrics;
@@ -114,6 +115,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+        Command::Snapshot(SnapshotCommand::List { brin }) => {
+            let store = open_store(db, 1, false).await?;
+            for s in store.snapshots(&brin).await? {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(
+            cmd @ (SnapshotCommand::Release { .. } | SnapshotCommand::Discard { .. }),
+        ) => {
+            let (brin, release) = match cmd {
+                SnapshotCommand::Release { brin } => (brin, true),
+                SnapshotCommand::Discard { brin } | SnapshotCommand::List { brin } => (brin, false),
+            };
+            let store = open_store(db, 1, false).await?;
+            match store.resolve_held_snapshot(&brin, release).await? {
+                Some((id, n, _)) if release => {
+                    info!(brin = %brin, snapshot_id = %id, deactivated = n, "held snapshot released by an operator");
+                    println!("snapshot {id} released: {n} profile(s) deactivated");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some((id, _, _)) => {
+                    info!(brin = %brin, snapshot_id = %id, "held snapshot discarded by an operator");
+                    println!("snapshot {id} discarded: nothing deactivated");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("BRIN {brin} has no held snapshot");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
         Command::Summary => {
             let store = open_store(db, 1, false).await?;
             println!(
@@ -124,6 +157,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{brin:<6} {kind:<9} {status:<12} {n:>6}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Import(args) => {
+            // A dry run writes nothing, not even a database or its schema.
+            let store = open_store(db, 2, !args.dry_run).await?;
+            if !args.dry_run {
+                store.migrate().await?;
+            }
+            las_worker::ops::import::run(&store, &args).await
+        }
+        Command::Explain(args) => {
+            let store = open_store(db, 1, false).await?;
+            las_worker::ops::explain::run(store.pool(), &args).await
+        }
+        Command::Journal(cmd) => {
+            let store = open_store(db, 1, false).await?;
+            las_worker::ops::explain::journal(store.pool(), &cmd).await
+        }
+        Command::Dlq(cmd) => las_worker::ops::dlq::run(&cmd).await,
+        Command::School(SchoolCommand::Configure(args)) => {
+            let store = open_store(db, 1, true).await?;
+            store.migrate().await?;
+            let today = las_worker::pipeline::local_today();
+            las_worker::ops::school::configure(&store, &args, today).await
+        }
+        Command::School(SchoolCommand::Show { brin }) => {
+            let store = open_store(db, 1, false).await?;
+            las_worker::ops::school::show(&store, &brin).await
         }
     }
 }
@@ -253,6 +313,16 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let events = args.events_publish.then(|| {
+        let publisher = las_worker::events::EventPublisher::new(
+            store.clone(),
+            args.broker.amqp_url.expose().to_owned(),
+            args.broker.delivery_limit,
+            metrics.clone(),
+        );
+        tokio::spawn(publisher.run(rx.clone()))
+    });
+    let gauges = tokio::spawn(refresh_gauges(store.clone(), metrics.clone(), rx.clone()));
     let changes = tokio::spawn(bus::run_consumer(
         QueueKind::Changes,
         settings.clone(),
@@ -282,6 +352,10 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(d) = daily {
         d.abort();
+    }
+    gauges.abort();
+    if let Some(e) = events {
+        let _ = tokio::time::timeout(Duration::from_secs(10), e).await;
     }
     if let Some(m) = mail {
         // Finish the send in flight; what is left stays in the outbox.
@@ -373,7 +447,9 @@ async fn daily_job(
                 ] {
                     metrics.intake.with_label_values(&[event]).inc_by(n);
                 }
+                metrics.purged.inc_by(r.purged);
                 info!(
+                    purged = r.purged,
                     placed_in_intake = r.placed_in_intake,
                     promoted = r.promoted,
                     stays_in_intake = r.stays_in_intake,
@@ -412,5 +488,22 @@ fn until_after_local_midnight() -> Duration {
     match next.and_then(|n| tz.from_local_datetime(&n).earliest()) {
         Some(at) => (at - now).to_std().unwrap_or(Duration::from_secs(3600)),
         None => Duration::from_secs(3600),
+    }
+}
+
+/// Gauges that describe the database rather than this process: held
+/// snapshots and the e-mail outbox, refreshed every 15 s.
+async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Ok(n) = store.held_snapshots().await {
+            metrics.snapshots_held.set(n);
+        }
+        if let Ok(n) = store.outbox_depth().await {
+            metrics.outbox_depth.set(n);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
     }
 }

@@ -47,6 +47,18 @@ pub struct Metrics {
     pub emails: IntCounterVec,
     /// E-mails waiting in the outbox (pending or being sent).
     pub outbox_depth: IntGauge,
+    /// R11: items unlinked and year-bound records deleted by rollovers.
+    pub rollover: IntCounterVec,
+    /// R12: full snapshots by outcome (applied, held, released, discarded).
+    pub snapshots: IntCounterVec,
+    /// R12: full snapshots held for an operator right now.
+    pub snapshots_held: IntGauge,
+    /// R12: profiles whose personal data was purged after the retention period.
+    pub purged: prometheus::IntCounter,
+    /// Sync events published (confirmed by the broker).
+    pub events_published: prometheus::IntCounter,
+    /// Sync events waiting in the outbox.
+    pub event_outbox_depth: IntGauge,
     /// Build info.
     pub build_info: IntGauge,
 }
@@ -207,6 +219,47 @@ impl Metrics {
         registry
             .register(Box::new(outbox_depth.clone()))
             .unwrap_or_else(|e| panic!("metric las_email_outbox_depth: {e}"));
+        let rollover = counter(
+            &registry,
+            "las_rollover_total",
+            "Year rollovers (R11): group-bound items unlinked and year-bound records deleted.",
+            &["action"],
+        );
+        let snapshots = counter(
+            &registry,
+            "las_snapshots_total",
+            "Full snapshots (R12) by outcome: applied, held, released, discarded.",
+            &["outcome"],
+        );
+        let snapshots_held = IntGauge::with_opts(Opts::new("las_snapshots_held", "Full snapshots held by the deletion guard or a count mismatch, waiting for an operator."))
+            .unwrap_or_else(|e| panic!("metric las_snapshots_held: {e}"));
+        registry
+            .register(Box::new(snapshots_held.clone()))
+            .unwrap_or_else(|e| panic!("metric las_snapshots_held: {e}"));
+        let purged = prometheus::IntCounter::with_opts(Opts::new(
+            "las_profiles_purged_total",
+            "Profiles whose personal data was purged after the retention period (R12).",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_profiles_purged_total: {e}"));
+        registry
+            .register(Box::new(purged.clone()))
+            .unwrap_or_else(|e| panic!("metric las_profiles_purged_total: {e}"));
+        let events_published = prometheus::IntCounter::with_opts(Opts::new(
+            "las_events_published_total",
+            "Sync events published on las.sync-events and confirmed by the broker.",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_events_published_total: {e}"));
+        registry
+            .register(Box::new(events_published.clone()))
+            .unwrap_or_else(|e| panic!("metric las_events_published_total: {e}"));
+        let event_outbox_depth = IntGauge::with_opts(Opts::new(
+            "las_event_outbox_depth",
+            "Sync events waiting in the outbox.",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_event_outbox_depth: {e}"));
+        registry
+            .register(Box::new(event_outbox_depth.clone()))
+            .unwrap_or_else(|e| panic!("metric las_event_outbox_depth: {e}"));
         let build_info = IntGauge::with_opts(
             Opts::new("las_build_info", "Build information; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -235,6 +288,12 @@ impl Metrics {
             suggestion_resolution_seconds,
             emails,
             outbox_depth,
+            rollover,
+            snapshots,
+            snapshots_held,
+            purged,
+            events_published,
+            event_outbox_depth,
             build_info,
         }
     }

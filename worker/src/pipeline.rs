@@ -120,6 +120,18 @@ impl Pipeline {
             })
             .collect();
 
+        // Rejections that never reach a transaction still become sync events
+        // (reason codes only), before anything is acknowledged.
+        let unreadable: Vec<(Option<String>, Option<uuid::Uuid>, RejectReason)> = parsed
+            .iter()
+            .filter_map(|p| {
+                p.as_ref()
+                    .err()
+                    .map(|r| (r.brin.clone(), r.message_id, r.reason))
+            })
+            .collect();
+        self.record_rejection_events(&unreadable, shutdown).await?;
+
         if !valid.is_empty() {
             let msgs: Vec<Inbound> = valid.iter().map(|(_, m)| m.clone()).collect();
             let results = match self.apply_with_retry(&msgs, shutdown).await? {
@@ -145,6 +157,20 @@ impl Pipeline {
                 }
                 Err(e) => vec![refused(&msgs[0], &e)],
             };
+            // Messages the database refused were rolled back with their batch:
+            // their rejection events are recorded on their own.
+            let refused_events: Vec<(Option<String>, Option<uuid::Uuid>, RejectReason)> = msgs
+                .iter()
+                .zip(&results)
+                .filter_map(|(m, o)| match o {
+                    MessageOutcome::Rejected(r) if r.reason == RejectReason::DatabaseRejected => {
+                        Some((Some(m.brin().to_owned()), Some(m.message_id()), r.reason))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.record_rejection_events(&refused_events, shutdown)
+                .await?;
             let now = chrono::Utc::now();
             for ((i, m), outcome) in valid.iter().zip(results) {
                 let span = info_span!("message", message_id = %m.message_id(), brin = m.brin(), r#type = m.type_name());
@@ -191,6 +217,36 @@ impl Pipeline {
             .into_iter()
             .map(|d| d.unwrap_or(Disposition::Done("stale")))
             .collect())
+    }
+
+    /// Writes `message.rejected` sync events for rejections that happened
+    /// outside a committed batch, retrying while the database is away.
+    async fn record_rejection_events(
+        &self,
+        rejected: &[(Option<String>, Option<uuid::Uuid>, RejectReason)],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Interrupted> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = self.backoff.build();
+        while let Err(e) = self.store.record_rejections(rejected).await {
+            if !e.is_transient() {
+                warn!(error = %e, "cannot record rejection events");
+                break;
+            }
+            self.metrics.retries.with_label_values(&["database"]).inc();
+            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+            let mut sd = shutdown.clone();
+            if *sd.borrow() {
+                return Err(Interrupted);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = sd.changed() => return Err(Interrupted),
+            }
+        }
+        Ok(())
     }
 
     fn record_rejection(&self, type_name: &str, r: &Rejection) {
@@ -267,6 +323,20 @@ impl Pipeline {
         for took in &effects.suggestions_resolved {
             m.suggestion_resolution_seconds.observe(*took);
         }
+        for (_, unlinked, deleted) in &effects.rollovers {
+            m.rollover
+                .with_label_values(&["items_unlinked"])
+                .inc_by(*unlinked);
+            m.rollover
+                .with_label_values(&["records_deleted"])
+                .inc_by(*deleted);
+        }
+        m.snapshots
+            .with_label_values(&["applied"])
+            .inc_by(effects.snapshots_applied);
+        m.snapshots
+            .with_label_values(&["held"])
+            .inc_by(effects.snapshots_held);
         let now = chrono::Utc::now().timestamp();
         for brin in &effects.schools_synced {
             self.metrics.last_sync.with_label_values(&[brin]).set(now);

@@ -94,6 +94,16 @@ pub enum Action {
     SuggestionOpened,
     /// A parent's edit that is no suggestion: portal-only field or unchanged value (R10).
     NotASuggestion,
+    /// The school year rolled over: items unlinked, closed year's records deleted (R11).
+    RolledOver,
+    /// The rollover for this school year already happened: nothing changed (R11).
+    AlreadyRolledOver,
+    /// A full snapshot started (R12).
+    SnapshotStarted,
+    /// A full snapshot completed; profiles it did not include were deactivated (R12).
+    SnapshotApplied,
+    /// A full snapshot was held by the deletion guard or a count mismatch (R12).
+    SnapshotHeld,
 }
 
 impl Action {
@@ -121,6 +131,11 @@ impl Action {
             Action::Detached => "detached",
             Action::SuggestionOpened => "suggestion_opened",
             Action::NotASuggestion => "not_a_suggestion",
+            Action::RolledOver => "rolled_over",
+            Action::AlreadyRolledOver => "already_rolled_over",
+            Action::SnapshotStarted => "snapshot_started",
+            Action::SnapshotApplied => "snapshot_applied",
+            Action::SnapshotHeld => "snapshot_held",
         }
     }
 }
@@ -296,6 +311,14 @@ impl Value {
 }
 
 impl Contact {
+    /// The fields whose values differ (names only ever leave the worker).
+    pub fn changed_fields(&self, other: &Contact) -> Vec<Field> {
+        Field::ALL
+            .into_iter()
+            .filter(|f| self.get(*f) != other.get(*f))
+            .collect()
+    }
+
     fn get(&self, f: Field) -> Value {
         match f {
             Field::FirstName => Value::Text(self.first_name.clone()),
@@ -557,10 +580,29 @@ pub struct SchoolSettings {
     pub link_staff_to_groups: bool,
     pub esis_composite_groups: bool,
     pub retention_days: u32,
+    /// Deletion guard of full snapshots, in percent of active profiles.
+    pub snapshot_guard_percent: u32,
 }
 
 pub const DEFAULT_STAFF_ROLE: &str = "Leerkracht";
 pub const DEFAULT_RETENTION_DAYS: u32 = 365;
+pub const DEFAULT_SNAPSHOT_GUARD_PERCENT: u32 = 10;
+/// A snapshot may always deactivate this many profiles, whatever the percentage.
+pub const SNAPSHOT_GUARD_MINIMUM: u64 = 5;
+
+/// R12 deletion guard: a full snapshot may deactivate at most `percent` of the
+/// school's active profiles, and always at least 5; more looks like a bad or
+/// partial export, and is held for an operator. Returns the limit when exceeded.
+pub fn snapshot_guard(active: u64, would_deactivate: u64, percent: u32) -> Result<(), u64> {
+    let limit = (active * u64::from(percent))
+        .div_ceil(100)
+        .max(SNAPSHOT_GUARD_MINIMUM);
+    if would_deactivate > limit {
+        Err(limit)
+    } else {
+        Ok(())
+    }
+}
 
 /// A LAS profile record, the same shape for the three kinds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -953,6 +995,9 @@ pub fn link_settings(
         link_staff_to_groups: link.link_staff_to_groups.unwrap_or(true),
         esis_composite_groups: link.esis_composite_groups.unwrap_or(false),
         retention_days: link.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS),
+        snapshot_guard_percent: link
+            .snapshot_guard_percent
+            .unwrap_or(DEFAULT_SNAPSHOT_GUARD_PERCENT),
     })
 }
 
@@ -985,6 +1030,7 @@ mod tests {
             link_staff_to_groups: true,
             esis_composite_groups: false,
             retention_days: DEFAULT_RETENTION_DAYS,
+            snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
         }
     }
 
@@ -1518,6 +1564,7 @@ mod tests {
             esis_composite_groups: None,
             retention_days: None,
             group_mapping: None,
+            snapshot_guard_percent: None,
             emitted_at: None,
         }
     }
@@ -1705,5 +1752,24 @@ mod tests {
             GroupShape::Composite
         );
         assert!(plan_group(&group(Year, &[]), &e).is_err());
+    }
+
+    #[test]
+    fn r12_snapshot_guard_allows_10_percent_and_at_least_5() {
+        assert_eq!(snapshot_guard(1000, 100, 10), Ok(()));
+        assert_eq!(snapshot_guard(1000, 101, 10), Err(100));
+        assert_eq!(
+            snapshot_guard(20, 5, 10),
+            Ok(()),
+            "at least 5 may always go"
+        );
+        assert_eq!(snapshot_guard(20, 6, 10), Err(5));
+        assert_eq!(
+            snapshot_guard(10, 5, 10),
+            Ok(()),
+            "50% of a tiny school is still within the minimum"
+        );
+        assert_eq!(snapshot_guard(40, 20, 10), Err(5), "half a school is held");
+        assert_eq!(snapshot_guard(1000, 300, 30), Ok(()));
     }
 }

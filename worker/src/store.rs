@@ -117,6 +117,83 @@ pub struct BatchEffects {
     pub emails_queued: u64,
     /// R10: seconds from edit to resolution, per suggestion resolved.
     pub suggestions_resolved: Vec<f64>,
+    /// R11: (school year, items unlinked, records deleted) per rollover.
+    pub rollovers: Vec<(String, u64, u64)>,
+    /// R12: snapshots applied, held (by the guard or a count mismatch).
+    pub snapshots_applied: u64,
+    pub snapshots_held: u64,
+    /// Sync events written to the outbox in this transaction.
+    pub events: Events,
+}
+
+/// Sync events for the outbox (ids, LAS keys, field names; never values).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Events {
+    rows: Vec<(Uuid, String, serde_json::Value)>,
+}
+
+impl Events {
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        event_type: las_contracts::SyncEventType,
+        brin: &str,
+        message_id: Option<Uuid>,
+        entity_kind: Option<&str>,
+        las_key: Option<&str>,
+        changed_fields: Vec<String>,
+        reason: Option<String>,
+    ) {
+        let event = las_contracts::SyncEventV1 {
+            schema: las_contracts::SyncEventSchema::V1,
+            event_id: Uuid::now_v7(),
+            event_type,
+            brin: brin.to_owned(),
+            occurred_at: chrono::Utc::now(),
+            message_id,
+            entity_kind: entity_kind.map(str::to_owned),
+            las_key: las_key.map(str::to_owned),
+            changed_fields,
+            reason,
+        };
+        let key = format!(
+            "sync.{}.{}",
+            if brin.is_empty() { "unknown" } else { brin },
+            event_type.as_str()
+        );
+        if let Ok(payload) = serde_json::to_value(&event) {
+            self.rows.push((event.event_id, key, payload));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Writes the events into the outbox, in the caller's transaction.
+    pub async fn write(&mut self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = self.rows.iter().map(|r| r.0).collect();
+        let keys: Vec<&str> = self.rows.iter().map(|r| r.1.as_str()).collect();
+        let payloads: Vec<serde_json::Value> = self.rows.iter().map(|r| r.2.clone()).collect();
+        sqlx::query(
+            "INSERT INTO event_outbox (event_id, routing_key, payload)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[])",
+        )
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&payloads)
+        .execute(&mut **tx)
+        .await?;
+        self.rows.clear();
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -183,7 +260,20 @@ impl Store {
         msgs: &[Inbound],
         today: NaiveDate,
     ) -> Result<(Vec<MessageOutcome>, BatchEffects), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let tx = self.pool.begin().await?;
+        let (tx, outcomes, effects) = self.apply_batch_in(tx, msgs, today).await?;
+        tx.commit().await?;
+        Ok((outcomes, effects))
+    }
+
+    /// `apply_batch` inside a transaction (or savepoint) the caller owns and
+    /// then commits or rolls back: `import --dry-run` rolls it back.
+    pub async fn apply_batch_in<'c>(
+        &self,
+        mut tx: Transaction<'c, Postgres>,
+        msgs: &[Inbound],
+        today: NaiveDate,
+    ) -> Result<(Transaction<'c, Postgres>, Vec<MessageOutcome>, BatchEffects), StoreError> {
         let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; msgs.len()];
         let mut effects = BatchEffects::default();
 
@@ -218,16 +308,6 @@ impl Store {
             if let Err(r) = rules::check_source(&c.brin, school.map(|s| &s.settings), &c.source) {
                 outcomes[i] = Some(MessageOutcome::Rejected(
                     Rejection::new(r.reason, r.text).with_message_id(c.message_id),
-                ));
-                continue;
-            }
-            if let Change::SchoolYearRolledOver(_) = c.change {
-                outcomes[i] = Some(MessageOutcome::Rejected(
-                    Rejection::new(
-                        RejectReason::Unsupported,
-                        "school_year.rolled_over (R11) is not applied by this worker version; the message is kept so it can be replayed after an upgrade",
-                    )
-                    .with_message_id(c.message_id),
                 ));
                 continue;
             }
@@ -301,8 +381,78 @@ impl Store {
             .copied()
             .collect();
         if !group_msgs.is_empty() {
-            apply_groups(&mut tx, &group_msgs, &by_id, &mut outcomes, &mut journal).await?;
+            apply_groups(
+                &mut tx,
+                &group_msgs,
+                &by_id,
+                &mut outcomes,
+                &mut journal,
+                &mut effects,
+            )
+            .await?;
         }
+
+        // Full snapshots (R12) and the year rollover (R11).
+        record_snapshot_members(&mut tx, &accepted).await?;
+        for (i, c, school_id) in &accepted {
+            let Some(school) = by_id.get(school_id) else {
+                continue;
+            };
+            let decision = match &c.change {
+                Change::SchoolYearRolledOver(y) => Some(
+                    rollover(&mut tx, school, &y.school_year, c.message_id, &mut effects).await?,
+                ),
+                Change::SnapshotStarted(sn) => {
+                    sqlx::query("INSERT INTO snapshots (id, school_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                        .bind(sn.snapshot_id)
+                        .bind(school.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    Some(rules::Action::SnapshotStarted)
+                }
+                Change::SnapshotCompleted(sn) => {
+                    Some(complete_snapshot(&mut tx, school, sn, c.message_id, &mut effects).await?)
+                }
+                _ => None,
+            };
+            if let Some(action) = decision {
+                let rule = if matches!(c.change, Change::SchoolYearRolledOver(_)) {
+                    rules::Rule::R11
+                } else {
+                    rules::Rule::R12
+                };
+                let decisions = vec![Decision {
+                    rule,
+                    action,
+                    field: None,
+                }];
+                journal.push(
+                    *school_id,
+                    c.message_id,
+                    "school",
+                    &school.brin,
+                    c.version as i64,
+                    &decisions,
+                );
+                outcomes[*i] = Some(MessageOutcome::Applied { decisions });
+            }
+        }
+
+        // R12 privacy: a rejected message is an event too (reason code only).
+        for (m, o) in msgs.iter().zip(&outcomes) {
+            if let Some(MessageOutcome::Rejected(r)) = o {
+                effects.events.push(
+                    las_contracts::SyncEventType::MessageRejected,
+                    m.brin(),
+                    Some(m.message_id()),
+                    None,
+                    None,
+                    vec![],
+                    Some(r.reason.as_str().to_owned()),
+                );
+            }
+        }
+        effects.events.write(&mut tx).await?;
 
         journal.write(&mut tx).await?;
 
@@ -323,12 +473,11 @@ impl Store {
                 .collect();
         }
 
-        tx.commit().await?;
         let outcomes = outcomes
             .into_iter()
             .map(|o| o.unwrap_or(MessageOutcome::Stale))
             .collect();
-        Ok((outcomes, effects))
+        Ok((tx, outcomes, effects))
     }
 }
 
@@ -354,10 +503,13 @@ fn settings_from_row(row: &sqlx::postgres::PgRow) -> Result<SchoolSettings, sqlx
         link_staff_to_groups: row.try_get("link_staff_to_groups")?,
         esis_composite_groups: row.try_get("esis_composite_groups")?,
         retention_days: row.try_get::<i32, _>("retention_days")?.max(0) as u32,
+        snapshot_guard_percent: row
+            .try_get::<i32, _>("snapshot_guard_percent")?
+            .clamp(0, 100) as u32,
     })
 }
 
-const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days";
+const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent";
 
 async fn load_schools(
     tx: &mut Transaction<'_, Postgres>,
@@ -469,8 +621,9 @@ async fn apply_link(
         serde_json::to_value(link.group_mapping.clone().unwrap_or_default()).unwrap_or_default();
     sqlx::query(
         "INSERT INTO schools (brin, las_system, environment_id, environment_label, intake_weeks_ahead,
-             default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, group_mapping)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, group_mapping,
+             snapshot_guard_percent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (brin) DO UPDATE SET
              environment_label = EXCLUDED.environment_label,
              intake_weeks_ahead = EXCLUDED.intake_weeks_ahead,
@@ -479,6 +632,7 @@ async fn apply_link(
              esis_composite_groups = EXCLUDED.esis_composite_groups,
              retention_days = EXCLUDED.retention_days,
              group_mapping = EXCLUDED.group_mapping,
+             snapshot_guard_percent = EXCLUDED.snapshot_guard_percent,
              updated_at = now()",
     )
     .bind(&link.brin)
@@ -491,6 +645,7 @@ async fn apply_link(
     .bind(settings.esis_composite_groups)
     .bind(settings.retention_days.min(i32::MAX as u32) as i32)
     .bind(mapping)
+    .bind(settings.snapshot_guard_percent.min(100) as i32)
     .execute(&mut **tx)
     .await?;
     let decision = if existing.is_some() {
@@ -834,6 +989,54 @@ async fn apply_profiles(
         if let Some(change) = change {
             *effects.profiles.entry((kind.as_str(), change)).or_default() += 1;
         }
+        if let Some(school) = schools.get(school_id) {
+            use las_contracts::SyncEventType as E;
+            let was_in_intake = slot.current.as_ref().is_some_and(|c| c.in_intake);
+            let event = match change {
+                Some("created") => Some((E::ProfileCreated, vec![], None)),
+                Some("reactivated") => Some((E::ProfileReactivated, vec![], None)),
+                Some("deactivated") => Some((
+                    E::ProfileDeactivated,
+                    vec![],
+                    Some("removed_in_las".to_owned()),
+                )),
+                Some("updated") => {
+                    let fields = slot
+                        .current
+                        .as_ref()
+                        .map(|c| c.contact.changed_fields(&state.contact))
+                        .unwrap_or_default();
+                    Some((
+                        E::ProfileUpdated,
+                        fields.iter().map(|f| f.as_str().to_owned()).collect(),
+                        None,
+                    ))
+                }
+                _ => None,
+            };
+            if let Some((ty, fields, reason)) = event {
+                effects.events.push(
+                    ty,
+                    &school.brin,
+                    slot.message_id,
+                    Some(kind.as_str()),
+                    Some(key),
+                    fields,
+                    reason,
+                );
+            }
+            if was_in_intake && !state.in_intake && state.status == Status::Active {
+                effects.events.push(
+                    E::ProfileMovedFromIntake,
+                    &school.brin,
+                    slot.message_id,
+                    Some(kind.as_str()),
+                    Some(key),
+                    vec![],
+                    None,
+                );
+            }
+        }
         w.push(slot, state);
         if let Some(groups) = &slot.group_keys {
             if groups.iter().any(|g| g == rules::INTAKE_GROUP_KEY) {
@@ -1115,7 +1318,7 @@ async fn reconcile_guardians(
     if students.is_empty() && guardians.is_empty() {
         return Ok(());
     }
-    let changed: Vec<(String,)> = sqlx::query_as(
+    let changed: Vec<(String, String, String, String)> = sqlx::query_as(
         "WITH cand AS (
              SELECT g.id FROM profiles s
              JOIN guardian_students gs ON gs.school_id = s.school_id AND gs.student_key = s.las_key
@@ -1137,9 +1340,9 @@ async fn reconcile_guardians(
                     OR (g.status = 'deactivated' AND g.deactivation_reason = 'all_students_removed'))
              GROUP BY g.id
          ), target AS (
-             SELECT id, CASE WHEN known = 0 OR any_active THEN 'active'
+             SELECT c.id, p.status AS was, CASE WHEN known = 0 OR any_active THEN 'active'
                              WHEN any_held THEN 'held' ELSE 'deactivated' END AS st
-             FROM calc
+             FROM calc c JOIN profiles p ON p.id = c.id
          )
          UPDATE profiles g SET status = t.st,
                 deactivated_at = CASE WHEN t.st = 'deactivated' THEN COALESCE(g.deactivated_at, now()) END,
@@ -1147,19 +1350,40 @@ async fn reconcile_guardians(
                 updated_at = now()
          FROM target t
          WHERE g.id = t.id AND g.status <> t.st
-         RETURNING t.st",
+         RETURNING t.st, t.was, g.las_key, (SELECT brin FROM schools WHERE id = g.school_id)",
     )
     .bind(students)
     .bind(guardians)
     .fetch_all(&mut **tx)
     .await?;
-    for (st,) in changed {
+    for (st, was, key, brin) in changed {
+        use las_contracts::SyncEventType as E;
         let label = match st.as_str() {
             "active" => "activated",
             "held" => "held",
             _ => "deactivated",
         };
         *effects.profiles.entry(("guardian", label)).or_default() += 1;
+        let event = match (was.as_str(), st.as_str()) {
+            ("held", "active") => Some((E::ProfileCreated, None)),
+            ("deactivated", "active") => Some((E::ProfileReactivated, None)),
+            ("active", "deactivated") => Some((
+                E::ProfileDeactivated,
+                Some("all_students_removed".to_owned()),
+            )),
+            _ => None,
+        };
+        if let Some((ty, reason)) = event {
+            effects.events.push(
+                ty,
+                &brin,
+                None,
+                Some("guardian"),
+                Some(&key),
+                vec![],
+                reason,
+            );
+        }
     }
     Ok(())
 }
@@ -1174,6 +1398,7 @@ async fn apply_groups(
     schools: &HashMap<i64, &SchoolRow>,
     outcomes: &mut [Option<MessageOutcome>],
     journal: &mut Journal,
+    effects: &mut BatchEffects,
 ) -> Result<(), StoreError> {
     // Newest per (school, key) in this batch; older ones in the batch are stale.
     let mut newest: HashMap<(i64, String), (usize, &LasChangeV1)> = HashMap::new();
@@ -1268,7 +1493,7 @@ async fn apply_groups(
             }
         }
     }
-    let applied: Vec<(i64, String, String)> = sqlx::query_as(
+    let applied: Vec<(i64, String, String, bool)> = sqlx::query_as(
         "INSERT INTO portal_groups (school_id, las_key, name, las_kind, group_type, maps_to_key, status, year_group_keys, student_keys, version, last_message_id)
          SELECT s, k, n, lk, COALESCE(gt, 'year'), mt, st,
                 CASE WHEN y = '' THEN '{}'::text[] ELSE string_to_array(y, chr(31)) END,
@@ -1288,7 +1513,7 @@ async fn apply_groups(
              last_message_id = EXCLUDED.last_message_id,
              updated_at = now()
          WHERE portal_groups.version < EXCLUDED.version
-         RETURNING school_id, las_key, status",
+         RETURNING school_id, las_key, status, (xmax = 0) AS inserted",
     )
     .bind(&school)
     .bind(&key)
@@ -1303,8 +1528,26 @@ async fn apply_groups(
     .bind(&message)
     .fetch_all(&mut **tx)
     .await?;
-    let applied_keys: HashMap<(i64, String), String> =
-        applied.into_iter().map(|(s, k, st)| ((s, k), st)).collect();
+    for (s, k, st, inserted) in &applied {
+        if *inserted
+            && st == "active"
+            && let Some(school) = schools.get(s)
+        {
+            effects.events.push(
+                las_contracts::SyncEventType::GroupCreated,
+                &school.brin,
+                None,
+                Some("group"),
+                Some(k),
+                vec![],
+                None,
+            );
+        }
+    }
+    let applied_keys: HashMap<(i64, String), String> = applied
+        .into_iter()
+        .map(|(s, k, st, _)| ((s, k), st))
+        .collect();
     let mut replace_school = Vec::new();
     let mut replace_key = Vec::new();
     let mut ins_school = Vec::new();
@@ -1541,6 +1784,8 @@ pub struct DailyReport {
     pub promoted: u64,
     pub stays_in_intake: u64,
     pub still_held: u64,
+    /// R12: profiles whose personal data was purged after the retention period.
+    pub purged: u64,
 }
 
 /// Advisory lock key of the daily job ("lasdaily").
@@ -1588,8 +1833,8 @@ impl Store {
         }
         let rows = sqlx::query(
             "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.birth_date, p.las_group_keys, p.in_intake,
-                    s.las_system, s.environment_id, s.environment_label, s.intake_weeks_ahead, s.default_staff_role,
-                    s.link_staff_to_groups, s.esis_composite_groups, s.retention_days
+                    s.brin, s.las_system, s.environment_id, s.environment_label, s.intake_weeks_ahead, s.default_staff_role,
+                    s.link_staff_to_groups, s.esis_composite_groups, s.retention_days, s.snapshot_guard_percent
              FROM profiles p JOIN schools s ON s.id = p.school_id
              WHERE p.kind = 'student' AND (p.status = 'held' OR (p.status = 'active' AND p.in_intake))
              ORDER BY p.id
@@ -1603,6 +1848,7 @@ impl Store {
             ..DailyReport::default()
         };
         let mut members = Members::default();
+        let mut effects = BatchEffects::default();
         let mut ids = Vec::new();
         let mut statuses = Vec::new();
         let mut intakes = Vec::new();
@@ -1632,6 +1878,21 @@ impl Store {
             }
             let school_id: i64 = row.try_get("school_id")?;
             let key: String = row.try_get("las_key")?;
+            let brin: String = row.try_get("brin")?;
+            let event = match (status, placement.status, in_intake, placement.in_intake) {
+                (Status::Held, Status::Active, _, _) => {
+                    Some(las_contracts::SyncEventType::ProfileCreated)
+                }
+                (Status::Active, Status::Active, true, false) => {
+                    Some(las_contracts::SyncEventType::ProfileMovedFromIntake)
+                }
+                _ => None,
+            };
+            if let Some(ty) = event {
+                effects
+                    .events
+                    .push(ty, &brin, None, Some("student"), Some(&key), vec![], None);
+            }
             if placement.in_intake {
                 intake_schools.insert(school_id);
             }
@@ -1657,8 +1918,9 @@ impl Store {
         .await?;
         ensure_intake_groups(&mut tx, &intake_schools.into_iter().collect::<Vec<_>>()).await?;
         members.write(&mut tx).await?;
-        let mut effects = BatchEffects::default();
         reconcile_guardians(&mut tx, &ids, &[], &mut effects).await?;
+        report.purged = self.purge_expired(&mut tx, today).await?;
+        effects.events.write(&mut tx).await?;
         sqlx::query(
             "INSERT INTO daily_jobs (job, last_run_date) VALUES ('intake', $1)
              ON CONFLICT (job) DO UPDATE SET last_run_date = GREATEST(daily_jobs.last_run_date, EXCLUDED.last_run_date), last_run_at = now()",
@@ -2096,5 +2358,403 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(n == 1)
+    }
+}
+
+/// R12: upserts that belong to a full snapshot are remembered as included.
+async fn record_snapshot_members(
+    tx: &mut Transaction<'_, Postgres>,
+    accepted: &[(usize, &LasChangeV1, i64)],
+) -> Result<(), StoreError> {
+    let mut snap = Vec::new();
+    let mut school = Vec::new();
+    let mut kind = Vec::new();
+    let mut key = Vec::new();
+    for (_, c, s) in accepted {
+        let (Some(id), Some(k)) = (c.snapshot_id, profile_kind(&c.change)) else {
+            continue;
+        };
+        if matches!(
+            c.change,
+            Change::StudentRemoved(_) | Change::GuardianRemoved(_) | Change::StaffRemoved(_)
+        ) {
+            continue;
+        }
+        let Some(las_key) = c.change.las_key() else {
+            continue;
+        };
+        snap.push(id);
+        school.push(*s);
+        kind.push(k.as_str());
+        key.push(las_key.trim().to_owned());
+    }
+    if snap.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO snapshots (id, school_id) SELECT DISTINCT i, s FROM UNNEST($1::uuid[], $2::int8[]) AS t(i, s)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&snap)
+    .bind(&school)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "WITH m AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS t(i, k, l)),
+              ins AS (INSERT INTO snapshot_members (snapshot_id, kind, las_key) SELECT i, k, l FROM m ON CONFLICT DO NOTHING)
+         UPDATE snapshots s SET records_arrived = records_arrived + n.c
+         FROM (SELECT i, count(*) AS c FROM m GROUP BY i) n WHERE s.id = n.i",
+    )
+    .bind(&snap)
+    .bind(&kind)
+    .bind(&key)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// R12: at `snapshot.completed`, every profile of the school the snapshot did
+/// not include is deactivated, unless that is more than the deletion guard
+/// allows or the count does not match what arrived: then it is held for an
+/// operator (`las-worker snapshot release|discard`).
+async fn complete_snapshot(
+    tx: &mut Transaction<'_, Postgres>,
+    school: &SchoolRow,
+    sn: &las_contracts::SnapshotCompleted,
+    message_id: Uuid,
+    effects: &mut BatchEffects,
+) -> Result<rules::Action, StoreError> {
+    sqlx::query(
+        "INSERT INTO snapshots (id, school_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(sn.snapshot_id)
+    .bind(school.id)
+    .execute(&mut **tx)
+    .await?;
+    let (status, arrived): (String, i64) =
+        sqlx::query_as("SELECT status, records_arrived FROM snapshots WHERE id = $1 FOR UPDATE")
+            .bind(sn.snapshot_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    if status != "open" {
+        return Ok(if status == "held" {
+            rules::Action::SnapshotHeld
+        } else {
+            rules::Action::SnapshotApplied
+        });
+    }
+    let (active, missing) = snapshot_counts(tx, school.id, sn.snapshot_id).await?;
+    let held = if arrived as u64 != sn.records_sent {
+        Some(format!(
+            "count mismatch: the connector sent {} records, {} arrived",
+            sn.records_sent, arrived
+        ))
+    } else {
+        rules::snapshot_guard(active as u64, missing as u64, school.settings.snapshot_guard_percent)
+            .err()
+            .map(|limit| format!("deletion guard: the snapshot would deactivate {missing} of {active} active profiles; at most {limit} may go ({}%, at least {})", school.settings.snapshot_guard_percent, rules::SNAPSHOT_GUARD_MINIMUM))
+    };
+    sqlx::query("UPDATE snapshots SET records_sent = $2, would_deactivate = $3, completed_at = now() WHERE id = $1")
+        .bind(sn.snapshot_id)
+        .bind(sn.records_sent as i64)
+        .bind(missing)
+        .execute(&mut **tx)
+        .await?;
+    if let Some(reason) = held {
+        sqlx::query("UPDATE snapshots SET status = 'held', held_reason = $2 WHERE id = $1")
+            .bind(sn.snapshot_id)
+            .bind(&reason)
+            .execute(&mut **tx)
+            .await?;
+        tracing::error!(brin = %school.brin, snapshot_id = %sn.snapshot_id, reason = %reason, "full snapshot held: nothing deactivated; an operator must release or discard it (las-worker snapshot release|discard)");
+        effects.snapshots_held += 1;
+        return Ok(rules::Action::SnapshotHeld);
+    }
+    deactivate_missing(tx, school, sn.snapshot_id, Some(message_id), effects).await?;
+    effects.snapshots_applied += 1;
+    Ok(rules::Action::SnapshotApplied)
+}
+
+/// (active profiles of the school, of which not in the snapshot).
+async fn snapshot_counts(
+    tx: &mut Transaction<'_, Postgres>,
+    school_id: i64,
+    snapshot: Uuid,
+) -> Result<(i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*),
+                count(*) FILTER (WHERE NOT EXISTS (
+                    SELECT 1 FROM snapshot_members m WHERE m.snapshot_id = $2 AND m.kind = p.kind AND m.las_key = p.las_key))
+         FROM profiles p WHERE p.school_id = $1 AND p.status IN ('active', 'held')",
+    )
+    .bind(school_id)
+    .bind(snapshot)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+async fn deactivate_missing(
+    tx: &mut Transaction<'_, Postgres>,
+    school: &SchoolRow,
+    snapshot: Uuid,
+    message_id: Option<Uuid>,
+    effects: &mut BatchEffects,
+) -> Result<(), StoreError> {
+    let gone: Vec<(i64, String, String)> = sqlx::query_as(
+        "UPDATE profiles p SET status = 'deactivated', deactivated_at = now(), deactivation_reason = 'missing_from_snapshot',
+                in_intake = false, updated_at = now()
+         WHERE p.school_id = $1 AND p.status IN ('active', 'held')
+           AND NOT EXISTS (SELECT 1 FROM snapshot_members m WHERE m.snapshot_id = $2 AND m.kind = p.kind AND m.las_key = p.las_key)
+         RETURNING p.id, p.kind, p.las_key",
+    )
+    .bind(school.id)
+    .bind(snapshot)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM memberships m USING profiles p
+         WHERE p.id = ANY($1) AND m.school_id = p.school_id AND m.member_kind = p.kind AND m.member_key = p.las_key",
+    )
+    .bind(gone.iter().map(|g| g.0).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE snapshots SET status = 'applied', closed_at = now() WHERE id = $1")
+        .bind(snapshot)
+        .execute(&mut **tx)
+        .await?;
+    for (_, kind, key) in &gone {
+        *effects
+            .profiles
+            .entry((static_kind(kind), "deactivated"))
+            .or_default() += 1;
+        effects.events.push(
+            las_contracts::SyncEventType::ProfileDeactivated,
+            &school.brin,
+            message_id,
+            Some(kind),
+            Some(key),
+            vec![],
+            Some("missing_from_snapshot".to_owned()),
+        );
+    }
+    let students: Vec<i64> = gone
+        .iter()
+        .filter(|g| g.1 == "student")
+        .map(|g| g.0)
+        .collect();
+    reconcile_guardians(tx, &students, &[], effects).await?;
+    Ok(())
+}
+
+fn static_kind(kind: &str) -> &'static str {
+    ProfileKind::parse(kind)
+        .map(ProfileKind::as_str)
+        .unwrap_or("unknown")
+}
+
+/// R11: the school year rolled over to `school_year` (e.g. `2026-2027`): every
+/// group-bound item is unlinked from its year or composite group (kept,
+/// unpublished), and the absence reports, leave requests and after-school-care
+/// registrations of earlier years are deleted. Once per school and year.
+async fn rollover(
+    tx: &mut Transaction<'_, Postgres>,
+    school: &SchoolRow,
+    school_year: &str,
+    message_id: Uuid,
+    effects: &mut BatchEffects,
+) -> Result<rules::Action, StoreError> {
+    let year = school_year.trim();
+    let first = sqlx::query(
+        "INSERT INTO school_year_rollovers (school_id, school_year, message_id, items_unlinked, records_deleted)
+         VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(school.id)
+    .bind(year)
+    .bind(message_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if first == 0 {
+        return Ok(rules::Action::AlreadyRolledOver);
+    }
+    let unlinked = sqlx::query(
+        "UPDATE group_items i SET unlinked_from_group_id = i.group_id, unlinked_at = now(), group_id = NULL
+         FROM portal_groups g
+         WHERE i.group_id = g.id AND g.school_id = $1 AND g.group_type IN ('year', 'composite', 'alias')",
+    )
+    .bind(school.id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let mut deleted = 0;
+    for table in [
+        "absence_reports",
+        "leave_requests",
+        "after_school_care_registrations",
+    ] {
+        deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE school_id = $1 AND school_year < $2"
+        )))
+        .bind(school.id)
+        .bind(year)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+    sqlx::query("UPDATE school_year_rollovers SET items_unlinked = $3, records_deleted = $4 WHERE school_id = $1 AND school_year = $2")
+        .bind(school.id)
+        .bind(year)
+        .bind(unlinked as i32)
+        .bind(deleted as i32)
+        .execute(&mut **tx)
+        .await?;
+    tracing::info!(brin = %school.brin, school_year = year, items_unlinked = unlinked, records_deleted = deleted, "school year rolled over (R11)");
+    effects.rollovers.push((year.to_owned(), unlinked, deleted));
+    Ok(rules::Action::RolledOver)
+}
+
+/// A held full snapshot, for operators.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct SnapshotView {
+    pub snapshot_id: Uuid,
+    pub status: String,
+    pub records_sent: Option<i64>,
+    pub records_arrived: i64,
+    pub would_deactivate: Option<i64>,
+    pub held_reason: Option<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Store {
+    /// Snapshots of a school, newest first.
+    pub async fn snapshots(&self, brin: &str) -> Result<Vec<SnapshotView>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.id AS snapshot_id, s.status, s.records_sent, s.records_arrived, s.would_deactivate, s.held_reason, s.started_at, s.completed_at
+             FROM snapshots s JOIN schools sc ON sc.id = s.school_id WHERE sc.brin = $1 ORDER BY s.started_at DESC",
+        )
+        .bind(brin)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Held snapshots over all schools (the `las_snapshots_held` gauge).
+    pub async fn held_snapshots(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM snapshots WHERE status = 'held'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// An operator releases the school's held snapshot (its deactivations are
+    /// applied as they stand now) or discards it. Returns the number of
+    /// profiles deactivated, or `None` when the school has no held snapshot.
+    pub async fn resolve_held_snapshot(
+        &self,
+        brin: &str,
+        release: bool,
+    ) -> Result<Option<(Uuid, u64, BatchEffects)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let schools = load_schools(&mut tx, &[brin.to_owned()]).await?;
+        let Some(school) = schools.get(brin) else {
+            return Ok(None);
+        };
+        let Some(id): Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM snapshots WHERE school_id = $1 AND status = 'held' ORDER BY completed_at DESC NULLS LAST LIMIT 1 FOR UPDATE",
+        )
+        .bind(school.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut effects = BatchEffects::default();
+        if release {
+            deactivate_missing(&mut tx, school, id, None, &mut effects).await?;
+        } else {
+            sqlx::query(
+                "UPDATE snapshots SET status = 'discarded', closed_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let n = effects.profiles.values().sum();
+        effects.events.write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Some((id, n, effects)))
+    }
+
+    /// Events for messages rejected before they reached a transaction
+    /// (unreadable or invalid): reason codes only.
+    pub async fn record_rejections(
+        &self,
+        rejected: &[(Option<String>, Option<Uuid>, RejectReason)],
+    ) -> Result<(), StoreError> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let mut events = Events::default();
+        for (brin, id, reason) in rejected {
+            let brin = brin
+                .as_deref()
+                .filter(|b| las_contracts::is_valid_brin(b))
+                .unwrap_or("");
+            events.push(
+                las_contracts::SyncEventType::MessageRejected,
+                brin,
+                *id,
+                None,
+                None,
+                vec![],
+                Some(reason.as_str().to_owned()),
+            );
+        }
+        let mut tx = self.pool.begin().await?;
+        events.write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// R12: purges the personal data of profiles deactivated longer ago than
+    /// their school's retention period (names, address, phones, e-mail, birth
+    /// date), and the values in their suggestions and e-mails. Returns how many.
+    pub async fn purge_expired(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        today: NaiveDate,
+    ) -> Result<u64, StoreError> {
+        let purged: Vec<i64> = sqlx::query_scalar(
+            "UPDATE profiles p SET first_name = NULL, name_prefix = NULL, last_name = NULL, birth_date = NULL,
+                    street = NULL, postcode = NULL, city = NULL, phone = NULL, mobile = NULL,
+                    emergency_phone = NULL, email = NULL, purged_at = now(), updated_at = now()
+             FROM schools s
+             WHERE s.id = p.school_id AND p.status = 'deactivated' AND p.purged_at IS NULL
+               AND p.deactivated_at IS NOT NULL
+               AND p.deactivated_at < (($1::date - s.retention_days) AT TIME ZONE 'Europe/Amsterdam')
+             RETURNING p.id",
+        )
+        .bind(today)
+        .fetch_all(&mut **tx)
+        .await?;
+        if !purged.is_empty() {
+            sqlx::query(
+                "UPDATE suggestion_fields f SET current_value = NULL, proposed_value = NULL
+                 FROM suggestions s WHERE f.suggestion_id = s.id AND s.guardian_profile_id = ANY($1)",
+            )
+            .bind(&purged)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE email_outbox e SET body_text = '(verwijderd na de bewaartermijn)', body_html = '(verwijderd na de bewaartermijn)',
+                        status = CASE WHEN e.status IN ('pending', 'sending') THEN 'cancelled' ELSE e.status END
+                 FROM suggestions s WHERE e.suggestion_id = s.id AND s.guardian_profile_id = ANY($1)",
+            )
+            .bind(&purged)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(purged.len() as u64)
     }
 }

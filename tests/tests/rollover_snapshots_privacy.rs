@@ -1,0 +1,416 @@
+//! End-to-end for issue #5: year rollover (R11), full snapshots with the
+//! deletion guard, retention purge and privacy (R12), and the sync-event outbox.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+
+use las_e2e::*;
+use serde_json::{Value, json};
+
+const P: &str = "parnassys-prod";
+
+fn student(brin: &str, env: &str, key: &str, v: u64, snapshot: Option<uuid::Uuid>) -> Value {
+    let mut m = change(
+        brin,
+        parnassys(env),
+        v,
+        json!({"type": "student.upserted", "las_key": key, "first_name": "Kind", "birth_date": "2018-01-01", "group_keys": ["G3"]}),
+    );
+    if let Some(id) = snapshot {
+        m["snapshot_id"] = json!(id);
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r11_rollover_unlinks_items_deletes_closed_year_records_once_and_leaves_other_schools() {
+    let env = TestEnv::start().await;
+    env.link(parnassys_link("11AA", "env-a")).await;
+    env.link(parnassys_link("22BB", "env-b")).await;
+    let g3 = |brin: &str, e: &str| {
+        change(
+            brin,
+            parnassys(e),
+            1,
+            json!({"type": "group.upserted", "las_key": "G3", "name": "Groep 3", "kind": "year"}),
+        )
+    };
+    env.publish(&[g3("11AA", "env-a"), g3("22BB", "env-b")])
+        .await;
+    env.wait_handled(4).await;
+    for brin in ["11AA", "22BB"] {
+        sqlx::query(
+            "INSERT INTO group_items (school_id, group_id, item_type, title)
+             SELECT g.school_id, g.id, t, 'x' FROM portal_groups g JOIN schools s ON s.id = g.school_id, unnest(ARRAY['news', 'photo_album', 'calendar_item']) t
+             WHERE s.brin = $1 AND g.las_key = 'G3'",
+        )
+        .bind(brin)
+        .execute(&env.db)
+        .await
+        .unwrap();
+        for table in [
+            "absence_reports",
+            "leave_requests",
+            "after_school_care_registrations",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {table} (school_id, student_key, school_year) SELECT id, 'S1', y FROM schools, unnest(ARRAY['2025-2026', '2026-2027']) y WHERE brin = $1"
+            )))
+            .bind(brin)
+            .execute(&env.db)
+            .await
+            .unwrap();
+        }
+    }
+    let rollover = || {
+        change(
+            "11AA",
+            parnassys("env-a"),
+            1,
+            json!({"type": "school_year.rolled_over", "school_year": "2026-2027"}),
+        )
+    };
+    env.publish(&[rollover()]).await;
+    env.wait_handled(5).await;
+    let count = |sql: &'static str| {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM group_items i JOIN schools s ON s.id = i.school_id WHERE s.brin = '11AA' AND i.group_id IS NULL AND i.unlinked_from_group_id IS NOT NULL").await, 3, "R11: items unlinked, not deleted");
+    assert_eq!(count("SELECT count(*) FROM group_items i JOIN schools s ON s.id = i.school_id WHERE s.brin = '22BB' AND i.group_id IS NOT NULL").await, 3, "another school untouched");
+    for table in [
+        "absence_reports",
+        "leave_requests",
+        "after_school_care_registrations",
+    ] {
+        let left: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT s.brin, t.school_year FROM {table} t JOIN schools s ON s.id = t.school_id ORDER BY 1, 2")))
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+        let want = vec![
+            ("11AA".to_owned(), "2026-2027".to_owned()),
+            ("22BB".to_owned(), "2025-2026".to_owned()),
+            ("22BB".to_owned(), "2026-2027".to_owned()),
+        ];
+        assert_eq!(
+            left, want,
+            "R11: {table} of the closed year deleted, the new year and other schools kept"
+        );
+    }
+    // Republished in the new year, an item stays linked when the rollover comes again.
+    sqlx::query("UPDATE group_items SET group_id = unlinked_from_group_id WHERE id = (SELECT min(id) FROM group_items WHERE group_id IS NULL)").execute(&env.db).await.unwrap();
+    env.publish(&[rollover()]).await;
+    env.wait_handled(6).await;
+    assert_eq!(count("SELECT count(*) FROM group_items i JOIN schools s ON s.id = i.school_id WHERE s.brin = '11AA' AND i.group_id IS NOT NULL").await, 1, "a second run for the same year changes nothing");
+    let (_, metrics) = env.http_get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("las_rollover_total{action=\"items_unlinked\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("las_rollover_total{action=\"records_deleted\"} 3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_snapshots_remove_missing_profiles_and_the_guard_holds_bad_exports() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    env.link(parnassys_link("12AB", P)).await;
+    let keys: Vec<String> = (1..=20).map(|i| format!("S{i:02}")).collect();
+    env.publish(
+        &keys
+            .iter()
+            .map(|k| student("12AB", P, k, 1, None))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    env.wait_handled(21).await;
+
+    // A normal snapshot: 19 of 20 included -> the missing one is removed.
+    let snap = uuid::Uuid::new_v4();
+    let mut msgs = vec![change(
+        "12AB",
+        parnassys(P),
+        1,
+        json!({"type": "snapshot.started", "snapshot_id": snap}),
+    )];
+    msgs.extend(
+        keys[..19]
+            .iter()
+            .map(|k| student("12AB", P, k, 2, Some(snap))),
+    );
+    msgs.push(change(
+        "12AB",
+        parnassys(P),
+        1,
+        json!({"type": "snapshot.completed", "snapshot_id": snap, "records_sent": 19}),
+    ));
+    env.publish(&msgs).await;
+    env.wait_handled(21 + 21).await;
+    assert_eq!(
+        env.show("12AB", "student", "S20").unwrap()["status"],
+        "deactivated"
+    );
+    assert_eq!(
+        env.show("12AB", "student", "S20").unwrap()["deactivation_reason"],
+        "missing_from_snapshot"
+    );
+    assert_eq!(
+        env.show("12AB", "student", "S19").unwrap()["status"],
+        "active"
+    );
+
+    // A snapshot missing half the school: held, nothing deactivated.
+    let snap2 = uuid::Uuid::new_v4();
+    let mut msgs = vec![change(
+        "12AB",
+        parnassys(P),
+        2,
+        json!({"type": "snapshot.started", "snapshot_id": snap2}),
+    )];
+    msgs.extend(
+        keys[..9]
+            .iter()
+            .map(|k| student("12AB", P, k, 3, Some(snap2))),
+    );
+    msgs.push(change(
+        "12AB",
+        parnassys(P),
+        2,
+        json!({"type": "snapshot.completed", "snapshot_id": snap2, "records_sent": 9}),
+    ));
+    env.publish(&msgs).await;
+    env.wait_handled(42 + 11).await;
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM profiles WHERE status = 'active'")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(active, 19, "the guard deactivated nothing");
+    let (_, list) = env.cli(&["snapshot", "list", "--brin", "12AB"]);
+    assert!(
+        list.contains("\"status\":\"held\"") && list.contains("deletion guard"),
+        "{list}"
+    );
+    assert!(
+        env.log().contains("full snapshot held"),
+        "an error log says so"
+    );
+    let (_, metrics) = env.http_get("/metrics").await.unwrap();
+    assert!(metrics.contains("las_snapshots_total{outcome=\"held\"} 1"));
+    let (code, out) = env.cli(&["snapshot", "release", "--brin", "12AB"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("10 profile(s) deactivated"), "{out}");
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM profiles WHERE status = 'active'")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(active, 9, "release applies it");
+    let (code, _) = env.cli(&["snapshot", "release", "--brin", "12AB"]);
+    assert_eq!(code, 1, "nothing held any more");
+
+    // A count mismatch is held too; discard drops it.
+    let snap3 = uuid::Uuid::new_v4();
+    let mut msgs = vec![change(
+        "12AB",
+        parnassys(P),
+        3,
+        json!({"type": "snapshot.started", "snapshot_id": snap3}),
+    )];
+    msgs.extend(
+        keys[..9]
+            .iter()
+            .map(|k| student("12AB", P, k, 4, Some(snap3))),
+    );
+    msgs.push(change(
+        "12AB",
+        parnassys(P),
+        3,
+        json!({"type": "snapshot.completed", "snapshot_id": snap3, "records_sent": 12}),
+    ));
+    env.publish(&msgs).await;
+    env.wait_handled(53 + 11).await;
+    let (_, list) = env.cli(&["snapshot", "list", "--brin", "12AB"]);
+    assert!(
+        list.contains("count mismatch: the connector sent 12 records, 9 arrived"),
+        "{list}"
+    );
+    let (code, _) = env.cli(&["snapshot", "discard", "--brin", "12AB"]);
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_personal_data_is_purged_after_the_retention_period() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    env.link(json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "system": "parnassys", "environment_id": P, "retention_days": 30})).await;
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "OLD", "first_name": "Oud", "phone": "0611", "email": "oud@example.org"})),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "NEW", "first_name": "Nieuw", "phone": "0622"})),
+        change("12AB", parnassys(P), 2, json!({"type": "guardian.removed", "las_key": "OLD"})),
+        change("12AB", parnassys(P), 2, json!({"type": "guardian.removed", "las_key": "NEW"})),
+    ])
+    .await;
+    env.wait_handled(5).await;
+    sqlx::query(
+        "UPDATE profiles SET deactivated_at = '2026-10-01T12:00:00Z' WHERE las_key = 'OLD'",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE profiles SET deactivated_at = '2026-11-10T12:00:00Z' WHERE las_key = 'NEW'",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let (code, out) = env.cli(&["tick", "--date", "2026-11-22"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"purged\":1"), "{out}");
+    let old = env.show("12AB", "guardian", "OLD").unwrap();
+    assert_eq!(old["status"], "deactivated");
+    for f in ["first_name", "phone", "email"] {
+        assert_eq!(old[f], Value::Null, "R12: {f} purged after 30 days");
+    }
+    assert_eq!(
+        env.show("12AB", "guardian", "NEW").unwrap()["first_name"],
+        "Nieuw",
+        "not yet past the retention period"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_events_once_per_committed_change_none_for_rollback_and_they_survive_a_kill() {
+    let mut env = TestEnv::start_with(&[("EVENTS_PUBLISH", "false")]).await;
+    env.bind_events_queue().await;
+    env.link(parnassys_link("12AB", P)).await;
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "group.upserted", "las_key": "G3", "name": "Groep 3", "kind": "year"})),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "A", "phone": "0611"})),
+        change("12AB", parnassys(P), 2, json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "A", "phone": "0622", "city": "Utrecht"})),
+        // The database refuses a NUL character: this change rolls back and is dead-lettered.
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "BAD", "first_name": "x\u{0}y"})),
+        change("12AB", parnassys(P), 3, json!({"type": "guardian.removed", "las_key": "G1"})),
+    ])
+    .await;
+    env.wait_handled(6).await;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE published_at IS NULL")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert!(pending >= 5, "events wait in the outbox: {pending}");
+    env.kill_worker();
+    env.extra_env_set("EVENTS_PUBLISH", "true");
+    env.spawn_worker().await;
+    let events = env.wait_events(pending as usize).await;
+    assert_eq!(
+        events.len(),
+        pending as usize,
+        "each event once: {events:?}"
+    );
+    let ids: HashSet<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), events.len());
+    let kinds: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap().to_owned(),
+                e["las_key"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("group.created", "G3"),
+        ("profile.created", "G1"),
+        ("profile.updated", "G1"),
+        ("profile.deactivated", "G1"),
+        ("message.rejected", ""),
+    ] {
+        assert!(
+            kinds.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "missing {want:?} in {kinds:?}"
+        );
+    }
+    assert!(
+        !kinds.iter().any(|(_, k)| k == "BAD"),
+        "no profile event for the rolled-back change: {kinds:?}"
+    );
+    let updated = events
+        .iter()
+        .find(|e| e["event_type"] == "profile.updated")
+        .unwrap();
+    assert_eq!(updated["changed_fields"], json!(["city", "phone"]));
+    let rejected = events
+        .iter()
+        .find(|e| e["event_type"] == "message.rejected")
+        .unwrap();
+    assert_eq!(rejected["reason"], "database_rejected");
+    let dl = env.wait_dead_letters(1).await;
+    assert_eq!(dl[0].0["x-las-reason-code"], "database_rejected");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_no_personal_data_in_logs_metrics_or_events() {
+    let env = TestEnv::start_with(&[("LAS_TODAY", "2026-11-22")]).await;
+    env.bind_events_queue().await;
+    env.link(json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "system": "esis",
+        "environment_id": "esis-1", "label": las_contracts::ESIS_PORTAL_LABEL, "intake_weeks_ahead": 8})).await;
+    let src = esis("esis-1", las_contracts::ESIS_PORTAL_LABEL);
+    let secrets = [
+        "Zwaantje",
+        "Quirijnsma",
+        "Ooievaarssteeg 77",
+        "9999 ZZ",
+        "Kwakkeldorp",
+        "0612398745",
+        "0206543219",
+        "0687412369",
+        "zwaantje.q@example.org",
+        "2019-04-13",
+        "2023-01-15",
+    ];
+    env.publish(&[
+        change("12AB", src.clone(), 1, json!({"type": "group.upserted", "las_key": "G1", "name": "Groep 1", "kind": "group"})),
+        change("12AB", src.clone(), 1, json!({"type": "student.upserted", "las_key": "K1", "first_name": "Zwaantje", "last_name": "Quirijnsma",
+            "birth_date": "2019-04-13", "street": "Ooievaarssteeg 77", "postcode": "9999 ZZ", "city": "Kwakkeldorp", "phone": "0612398745", "group_keys": ["G1"]})),
+        change("12AB", src.clone(), 1, json!({"type": "student.upserted", "las_key": "K2", "first_name": "Zwaantje", "birth_date": "2023-01-15"})),
+        change("12AB", src.clone(), 1, json!({"type": "guardian.upserted", "las_key": "O1", "first_name": "Zwaantje", "last_name": "Quirijnsma",
+            "street": "Ooievaarssteeg 77", "postcode": "9999 ZZ", "city": "Kwakkeldorp", "phone": "0206543219", "mobile": "0612398745",
+            "emergency_phone": "0687412369", "email": "zwaantje.q@example.org", "student_keys": ["K1", "K2"]})),
+        change("12AB", src.clone(), 2, json!({"type": "guardian.upserted", "las_key": "O1", "first_name": "Zwaantje", "email": "not valid Kwakkeldorp", "student_keys": ["K1"]})),
+        // Bad input that quotes personal data must not echo it in the reason.
+        change("12AB", src.clone(), 1, json!({"type": "student.upserted", "las_key": "K3", "first_name": "Zwaantje", "birth_date": "2019-02-30"})),
+        change("12AB", src.clone(), 1, json!({"type": "guardian.upserted", "las_key": "O2", "phone": 612398745})),
+        change("12AB", src, 2, json!({"type": "student.removed", "las_key": "K1"})),
+    ])
+    .await;
+    env.publish(&[json!({"schema": "portal.parent_edit.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "guardian_las_key": "O1",
+        "edited_at": "2026-11-22T10:00:00Z", "changes": [{"field": "city", "proposed": "Kwakkeldorp"}, {"field": "phone", "proposed": "0687412369"}]})])
+    .await;
+    env.wait_handled(10).await;
+    let events = env.wait_events(5).await;
+    let (_, metrics) = env.http_get("/metrics").await.unwrap();
+    let dead = env.wait_dead_letters(2).await;
+    let reasons: String = dead.iter().map(|(h, _)| format!("{h:?}")).collect();
+    let events_text = serde_json::to_string(&events).unwrap();
+    let log = env.log();
+    assert!(log.contains("message rejected"), "the log was captured");
+    for s in secrets {
+        assert!(!log.contains(s), "personal data {s:?} in the logs");
+        assert!(!metrics.contains(s), "personal data {s:?} in the metrics");
+        assert!(
+            !events_text.contains(s),
+            "personal data {s:?} in the events"
+        );
+        assert!(
+            !reasons.contains(s),
+            "personal data {s:?} in a dead-letter reason"
+        );
+    }
+}
