@@ -302,7 +302,7 @@ impl TestEnv {
 
     /// Waits until at least `n` sync events arrived (and a moment more for stragglers).
     pub async fn wait_events(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut got = Vec::new();
         loop {
             got.extend(self.take_events().await);
@@ -334,7 +334,7 @@ impl TestEnv {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
                 return Some(started.elapsed());
@@ -395,7 +395,7 @@ impl TestEnv {
 
     /// Waits until the worker has handled at least `n` messages in total.
     pub async fn wait_handled(&self, n: u64) -> BTreeMap<String, u64> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let counts = self.message_counts().await;
             if counts.values().sum::<u64>() >= n {
@@ -561,7 +561,7 @@ impl TestEnv {
 
     /// Waits until `n` dead letters are queued, then takes them.
     pub async fn wait_dead_letters(&self, n: usize) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut got = Vec::new();
         loop {
             got.extend(self.dead_letters().await);
@@ -582,7 +582,7 @@ impl TestEnv {
     pub async fn link(&self, link: Value) {
         let brin = link["brin"].as_str().unwrap().to_owned();
         self.publish(&[link]).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM schools WHERE brin = $1")
                 .bind(&brin)

@@ -397,7 +397,7 @@ async fn r9_daily_job_imports_a_waiting_child_without_a_message_once_per_day() {
     env.stop_worker();
     env.extra_env_set("LAS_TODAY", "2026-11-20");
     env.spawn_worker().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while env.show("12AB", "student", "K1").unwrap()["status"] != "active" {
         assert!(
             std::time::Instant::now() < deadline,
@@ -413,7 +413,7 @@ async fn r9_daily_job_imports_a_waiting_child_without_a_message_once_per_day() {
     // Another start on the same day (a second replica, a restart) does not run it again.
     env.stop_worker();
     env.spawn_worker().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (_, metrics) = env.http_get("/metrics").await.unwrap();
         if metrics.contains("las_daily_job_runs_total{outcome=\"skipped\"} 1") {

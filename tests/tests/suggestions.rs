@@ -50,7 +50,7 @@ async fn school(env: &TestEnv) {
 }
 
 async fn wait_mails(env: &TestEnv, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let mails = env.mails();
         if mails.len() >= n {
