@@ -21,6 +21,7 @@ demo: ## End-to-end demo in its own database and vhost (scripts/demo.sh)
 
 test: ## Check services, then build and run every test (needs PostgreSQL and RabbitMQ)
 	bash scripts/check-services.sh
+	bash scripts/ensure-test-tools.sh
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
@@ -34,8 +35,14 @@ schema: ## Regenerate contracts/schema/*.json from the Rust types
 fmt: ## Format all code
 	$(CARGO) fmt --all
 
-bench: ## Benchmarks (not there yet)
-	@echo "benchmark harness arrives with issue #7"
+bench: ## Throughput/latency/RSS benchmark, last stdout line JSON (env: BENCH_MESSAGES, BENCH_SCALE=1m; docs/performance.md)
+	bash scripts/check-services.sh
+	$(CARGO) build --release -p las-worker -p las-e2e --bin las-worker --bin bench
+	bin="$${CARGO_TARGET_DIR:-target}/release/bench"; trap '"$$bin" --cleanup' EXIT INT TERM; "$$bin"
 
 clean-demo: ## Stop a leftover demo worker, drop the demo database and vhost, remove .demo/
 	bash scripts/demo.sh --clean
+
+.PHONY: deploy-check
+deploy-check: ## Validate deploy/ (kustomize, schemas, promtool, yamllint, compose) and the AsyncAPI contract
+	bash scripts/deploy-check.sh

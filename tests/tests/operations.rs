@@ -1,0 +1,668 @@
+//! End-to-end, operations (issue #6): what an operator relies on. The
+//! `/metrics` exposition passes `promtool check metrics` and exports every
+//! family the README documents; SIGTERM under load loses and duplicates
+//! nothing; a broker that drops the worker's connections mid-stream costs
+//! nothing but a reconnect; `deploy/rabbitmq/definitions.json` is exactly the
+//! topology the worker declares.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use las_e2e::*;
+use serde_json::{Value, json};
+
+fn workspace_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+/// Runs `promtool check metrics` on an exposition; panics on any problem,
+/// and when promtool is missing (never a skip).
+fn promtool_check_metrics(exposition: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "promtool is not installed ({e}); it checks the /metrics exposition. \
+             Install it: apt-get install prometheus (Debian; .ci/run does this), \
+             then run the tests again"
+        ),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics found problems (exit {:?}):\n{report}\n--- exposition ---\n{exposition}",
+        out.status.code()
+    );
+}
+
+/// The `las_*` families named in the first column of the README's metrics table.
+fn readme_metric_families() -> BTreeSet<String> {
+    let readme = std::fs::read_to_string(workspace_file("README.md")).unwrap();
+    let mut out = BTreeSet::new();
+    for line in readme.lines().filter(|l| l.starts_with("| `")) {
+        let first_cell = line.trim_start_matches('|').split('|').next().unwrap_or("");
+        for (i, token) in first_cell.split('`').enumerate() {
+            if i % 2 == 1 && token.starts_with("las_") {
+                out.insert(token.to_owned());
+            }
+        }
+    }
+    assert!(
+        out.len() >= 10,
+        "README's metrics table not found or changed shape; found only {out:?}"
+    );
+    out
+}
+
+/// Every `"las_..."` string literal in the worker's sources: the metric
+/// names it defines.
+fn worker_metric_literals() -> BTreeSet<String> {
+    fn walk(dir: &std::path::Path, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (i, chunk) in text.split('"').enumerate() {
+                    if i % 2 == 1
+                        && chunk.starts_with("las_")
+                        && chunk.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        out.insert(chunk.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(&workspace_file("worker/src"), &mut out);
+    out
+}
+
+/// The families an exposition declares (`# TYPE name kind`).
+fn exported_families(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn wait_ready(env: &TestEnv, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((200, _)) = env.http_get("/readyz").await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not return 200 within {timeout:?}; log: {}",
+            env.log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metrics(env: &TestEnv) -> String {
+    let (status, body) = env.http_get("/metrics").await.expect("GET /metrics");
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body
+}
+
+/// Waits until `/metrics` satisfies `ok`; returns the exposition.
+async fn wait_metrics(
+    env: &TestEnv,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body = metrics(env).await;
+        if ok(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics: {what} not seen within {timeout:?}; log: {}\n{body}",
+            env.log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn guardian_count(env: &TestEnv, brin: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM profiles p JOIN schools s ON s.id = p.school_id
+         WHERE s.brin = $1 AND p.kind = 'guardian' AND p.status <> 'pending'",
+    )
+    .bind(brin)
+    .fetch_one(&env.db)
+    .await
+    .unwrap()
+}
+
+async fn processed_count(env: &TestEnv, ids: &[uuid::Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM processed_messages WHERE message_id = ANY($1)")
+        .bind(ids)
+        .fetch_one(&env.db)
+        .await
+        .unwrap()
+}
+
+fn message_ids(msgs: &[Value]) -> Vec<uuid::Uuid> {
+    msgs.iter()
+        .map(|m| m["message_id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// JSON text with object keys sorted, whatever serde_json's map order.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(o) => {
+            let sorted: std::collections::BTreeMap<_, _> =
+                o.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
+            let fields: Vec<String> = sorted
+                .iter()
+                .map(|(k, v)| format!("{}:{v}", Value::String(k.clone())))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A small valid guardian without students.
+fn guardian(brin: &str, env_id: &str, key: &str, version: u64, last_name: &str) -> Value {
+    change(
+        brin,
+        parnassys(env_id),
+        version,
+        json!({"type": "guardian.upserted", "las_key": key, "first_name": "Test",
+               "last_name": last_name, "email": null, "student_keys": []}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_pass_promtool_and_match_the_readme_table() {
+    let env = TestEnv::start().await;
+    env.link(TestEnv::example("link.parnassys.json")).await;
+    let n = env.publish_example("school-12AB.ndjson").await;
+    let counts = env.wait_handled(n as u64 + 1).await;
+    assert_eq!(
+        counts.get("applied").copied().unwrap_or(0),
+        n as u64 + 1,
+        "the example school applies whole: {counts:?}"
+    );
+
+    // The families that exist only after an event: a dead letter, and a
+    // broker reconnect (a transient retry).
+    env.publish_raw(
+        las_contracts::LAS_CHANGES_EXCHANGE,
+        "las.12AB.guardian.upserted",
+        &[b"not json".to_vec()],
+    )
+    .await;
+    let dead = env.wait_dead_letters(1).await;
+    assert_eq!(dead[0].0["x-las-reason-code"], "invalid_json");
+    assert!(
+        env.kill_worker_connections("operations test: reconnect") >= 2,
+        "the worker's connections (one per queue at least) were found"
+    );
+    wait_metrics(
+        &env,
+        "a reconnect of both consumers",
+        Duration::from_secs(60),
+        |b| {
+            metric_sample(b, "las_broker_connections_total{queue=\"changes\"}") >= Some(2.0)
+                && metric_sample(b, "las_broker_connections_total{queue=\"portal\"}") >= Some(2.0)
+        },
+    )
+    .await;
+    wait_ready(&env, Duration::from_secs(60)).await;
+
+    let body = metrics(&env).await;
+    promtool_check_metrics(&body);
+
+    let exported = exported_families(&body);
+    let documented = readme_metric_families();
+    // A counter vector appears once a label set is used. The families this
+    // test provokes are listed below and must be there; any other documented
+    // family that is missing must at least be defined by the worker (a README
+    // row for a metric that does not exist fails).
+    let defined = worker_metric_literals();
+    let missing: Vec<_> = documented.difference(&exported).collect();
+    let undefined: Vec<_> = missing.iter().filter(|f| !defined.contains(**f)).collect();
+    assert!(
+        undefined.is_empty(),
+        "README's metrics table names families the worker does not define: {undefined:?}"
+    );
+    if !missing.is_empty() {
+        eprintln!(
+            "note: documented families not used in this test (they appear on first use): {missing:?}"
+        );
+    }
+    let undocumented: Vec<_> = exported
+        .iter()
+        .filter(|f| f.starts_with("las_") && !documented.contains(*f))
+        .collect();
+    if !undocumented.is_empty() {
+        // Not a failure (metrics land before their README rows), but say so.
+        eprintln!("note: families in /metrics but not in README's metrics table: {undocumented:?}");
+    }
+    for family in [
+        "las_messages_total",
+        "las_rule_decisions_total",
+        "las_profiles_total",
+        "las_batch_processing_seconds",
+        "las_batch_size_messages",
+        "las_sync_lag_seconds",
+        "las_school_last_sync_timestamp_seconds",
+        "las_consumer_up",
+        "las_build_info",
+        "las_dead_letters_total",
+        "las_transient_retries_total",
+        "las_broker_connections_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(exported.contains(family), "{family} missing from /metrics");
+    }
+
+    // Values an alert or a dashboard panel relies on.
+    for q in ["changes", "portal"] {
+        assert_eq!(
+            metric_sample(&body, &format!("las_consumer_up{{queue=\"{q}\"}}")),
+            Some(1.0),
+            "consumer {q} up after the reconnect"
+        );
+    }
+    let last_sync = metric_sample(
+        &body,
+        "las_school_last_sync_timestamp_seconds{brin=\"12AB\"}",
+    )
+    .unwrap();
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        (now - 3600.0..=now + 60.0).contains(&last_sync),
+        "last sync {last_sync} is not about now ({now})"
+    );
+    assert_eq!(
+        metric_sum(
+            &body,
+            "las_dead_letters_total",
+            &[("reason", "invalid_json")]
+        ),
+        1.0
+    );
+    assert!(
+        metric_sum(
+            &body,
+            "las_transient_retries_total",
+            &[("component", "broker")]
+        ) >= 1.0
+    );
+    assert!(metric_sum(&body, "las_sync_lag_seconds_count", &[]) >= n as f64);
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("las_build_info{version=\"") && l.ends_with(" 1")),
+        "las_build_info with a version label, value 1"
+    );
+}
+
+/// SIGTERM while a backlog of 5,000 messages drains: the worker stops within
+/// 30 s, commits and acknowledges exactly what it applied, and a restarted
+/// worker applies the rest: nothing lost, nothing applied twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_loses_nothing_and_applies_nothing_twice() {
+    const N: usize = 5_000;
+    const BRIN: &str = "56EF";
+    const ENV_ID: &str = "parnassys-load";
+    let mut env = TestEnv::start().await;
+    env.link(parnassys_link(BRIN, ENV_ID)).await;
+    // Queue the whole backlog while no worker runs (the worker declared the
+    // topology), so the SIGTERM surely lands mid-stream.
+    env.stop_worker().expect("first worker stops");
+    let msgs: Vec<Value> = (0..N)
+        .map(|i| guardian(BRIN, ENV_ID, &format!("O{i:05}"), 1, &format!("Load{i}")))
+        .collect();
+    let ids = message_ids(&msgs);
+    env.publish_many(&msgs).await;
+    env.wait_queue_depth(
+        las_contracts::CHANGES_QUEUE,
+        N as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    env.spawn_worker().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let handled: u64 = env.message_counts().await.values().sum();
+        if handled >= 500 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker handled only {handled} messages in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = env
+        .stop_worker()
+        .expect("the worker did not exit within 30 s of SIGTERM");
+    assert!(took < Duration::from_secs(30), "SIGTERM took {took:?}");
+    assert!(
+        env.log().contains("shutdown requested"),
+        "the worker logged its drain"
+    );
+
+    // What the first run committed it acknowledged, and nothing else.
+    let applied_first = guardian_count(&env, BRIN).await;
+    assert!(
+        applied_first > 0 && applied_first < N as i64,
+        "SIGTERM should land mid-stream; the first run applied {applied_first} of {N}"
+    );
+    assert_eq!(processed_count(&env, &ids).await, applied_first);
+    // (Quorum queue counts in rabbitmqctl lag a few seconds behind.)
+    env.wait_queue_depth(
+        las_contracts::CHANGES_QUEUE,
+        N as u64 - applied_first as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    env.spawn_worker().await;
+    let rest = (N as i64 - applied_first) as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while guardian_count(&env, BRIN).await < N as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted worker applied {} of {N} in 120 s; log: {}",
+            guardian_count(&env, BRIN).await,
+            env.log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.wait_queue_depth(las_contracts::CHANGES_QUEUE, 0, Duration::from_secs(30))
+        .await;
+    assert_eq!(guardian_count(&env, BRIN).await, N as i64);
+    assert_eq!(processed_count(&env, &ids).await, N as i64);
+
+    // Reconcile: the second run's metrics (they start at zero) account for
+    // exactly the rest; applied + duplicate + stale == published over both runs.
+    let counts = env.wait_handled(rest).await;
+    let get = |k: &str| counts.get(k).copied().unwrap_or(0);
+    assert_eq!(get("rejected"), 0, "{counts:?}");
+    assert_eq!(
+        applied_first as u64 + get("applied") + get("duplicate") + get("stale"),
+        N as u64,
+        "applied in run 1 ({applied_first}) + handled in run 2 {counts:?} == published"
+    );
+    assert_eq!(get("applied"), rest, "{counts:?}");
+    let depths = env.queue_depths();
+    assert_eq!(
+        depths.get(las_contracts::DEAD_LETTER_QUEUE).copied(),
+        Some(0),
+        "{depths:?}"
+    );
+    let took = env.stop_worker().expect("second worker stops");
+    assert!(took < Duration::from_secs(30), "idle SIGTERM took {took:?}");
+}
+
+/// The broker closes the worker's connections twice while a stream of
+/// versioned changes arrives: the worker reconnects (readyz 200 again, a
+/// second and third connection per queue), every change is applied exactly
+/// once in effect, every profile ends at its final version, and nothing is
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_connections_killed_mid_stream_cost_only_a_reconnect() {
+    const KEYS: usize = 300;
+    const VERSIONS: u64 = 5;
+    const BRIN: &str = "78GH";
+    const ENV_ID: &str = "parnassys-chaos";
+    let env = TestEnv::start().await;
+    env.link(parnassys_link(BRIN, ENV_ID)).await;
+
+    let mut msgs = Vec::new();
+    for v in 1..=VERSIONS {
+        for k in 0..KEYS {
+            msgs.push(guardian(
+                BRIN,
+                ENV_ID,
+                &format!("O{k:04}"),
+                v,
+                &format!("V{v}"),
+            ));
+        }
+    }
+    let total = msgs.len();
+    let ids = message_ids(&msgs);
+    let url = env.amqp_url();
+    let publisher = tokio::spawn(async move {
+        for chunk in msgs.chunks(50) {
+            publish_many_to(&url, chunk).await;
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    });
+
+    for (after, kill) in [(total as u64 / 5, 1), (total as u64 / 2, 2)] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let handled: u64 = env.message_counts().await.values().sum();
+            if handled >= after {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker handled only {handled} messages before kill {kill}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let closed = env.kill_worker_connections(&format!("operations test: kill {kill}"));
+        assert!(
+            closed >= 2,
+            "kill {kill}: the worker's connections (one per queue at least) found, closed {closed}"
+        );
+        // Back to ready before the next kill.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_ready(&env, Duration::from_secs(60)).await;
+    }
+    publisher.await.unwrap();
+
+    // Every profile at its final version, with the final version's fields.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM profiles p JOIN schools s ON s.id = p.school_id
+             WHERE s.brin = $1 AND p.kind = 'guardian' AND p.version = $2 AND p.last_name = $3",
+        )
+        .bind(BRIN)
+        .bind(VERSIONS as i64)
+        .bind(format!("V{VERSIONS}"))
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+        if done == KEYS as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {KEYS} guardians at their final version; log: {}",
+            env.log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(guardian_count(&env, BRIN).await, KEYS as i64);
+    env.wait_queue_depth(las_contracts::CHANGES_QUEUE, 0, Duration::from_secs(30))
+        .await;
+    env.wait_queue_depth(las_contracts::PORTAL_QUEUE, 0, Duration::from_secs(30))
+        .await;
+    let depths = env.queue_depths();
+    assert_eq!(
+        depths.get(las_contracts::DEAD_LETTER_QUEUE).copied(),
+        Some(0),
+        "nothing dead-lettered: {depths:?}"
+    );
+    // Exactly once in effect: every message id recorded once, and no change
+    // journalled twice.
+    assert_eq!(processed_count(&env, &ids).await, total as i64);
+    let (rows, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT message_id) FROM change_journal WHERE message_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(rows, distinct, "a change was journalled twice");
+
+    let body = metrics(&env).await;
+    for q in ["changes", "portal"] {
+        let n = metric_sample(
+            &body,
+            &format!("las_broker_connections_total{{queue=\"{q}\"}}"),
+        );
+        assert!(
+            n >= Some(3.0),
+            "{q}: 1 connection + 2 reconnects, got {n:?}"
+        );
+        assert_eq!(
+            metric_sample(&body, &format!("las_consumer_up{{queue=\"{q}\"}}")),
+            Some(1.0)
+        );
+    }
+    assert!(
+        metric_sum(
+            &body,
+            "las_transient_retries_total",
+            &[("component", "broker")]
+        ) >= 4.0
+    );
+    assert_eq!(metric_sum(&body, "las_dead_letters_total", &[]), 0.0);
+    assert_eq!(
+        metric_sum(&body, "las_messages_total", &[("outcome", "rejected")]),
+        0.0
+    );
+    let handled = metric_sum(
+        &body,
+        "las_messages_total",
+        &[("type", "guardian.upserted")],
+    );
+    assert!(
+        handled >= total as f64,
+        "every message handled at least once (redeliveries count as duplicate): {handled}"
+    );
+    assert!(
+        env.log().contains("broker connection lost; reconnecting"),
+        "the worker logged the reconnect"
+    );
+}
+
+/// `deploy/rabbitmq/definitions.json` (topology as code) is exactly what the
+/// worker declares: imported into an empty vhost, the worker starts on it
+/// (a queue declared with other arguments would be refused), and what the
+/// worker declares on another empty vhost equals the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_definitions_match_the_declared_topology() {
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_file("deploy/rabbitmq/definitions.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file["vhosts"], json!([{"name": "/"}]));
+    assert!(
+        file.get("users").is_none() && file.get("permissions").is_none(),
+        "definitions.json must hold no users or passwords"
+    );
+
+    // 1. What the worker declares on an empty vhost equals the file.
+    let env = TestEnv::start().await;
+    let exported: Value =
+        serde_json::from_str(&rabbitmqctl_output(&["export_definitions", "-", "-q"]).unwrap())
+            .unwrap();
+    let normalise = |defs: &Value, vhost: &str, kind: &str| -> BTreeSet<String> {
+        defs[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["vhost"] == vhost)
+            .map(|e| {
+                let mut e = e.clone();
+                let o = e.as_object_mut().unwrap();
+                o.remove("vhost");
+                if kind == "exchanges" && o.get("internal") == Some(&json!(false)) {
+                    // RabbitMQ 3.13 exports `internal`, 3.10 does not.
+                    o.remove("internal");
+                }
+                if kind == "queues" {
+                    // Exported queues also carry their type; the file sets it
+                    // through x-queue-type, as the worker does.
+                    o.remove("type");
+                }
+                canonical(&e)
+            })
+            .collect()
+    };
+    for kind in ["exchanges", "queues", "bindings"] {
+        let want = normalise(&file, "/", kind);
+        let got = normalise(&exported, &env.vhost, kind);
+        assert_eq!(
+            got, want,
+            "{kind}: declared by the worker (left) differ from deploy/rabbitmq/definitions.json (right)"
+        );
+    }
+    drop(env);
+
+    // 2. The file imported into an empty vhost: the worker accepts it as is.
+    let mut env = TestEnv::start_without_worker().await;
+    let mut defs = file.clone();
+    for kind in ["exchanges", "queues", "bindings"] {
+        for e in defs[kind].as_array_mut().unwrap() {
+            e["vhost"] = json!(env.vhost);
+        }
+    }
+    defs["vhosts"] = json!([{"name": env.vhost}]);
+    let path = std::env::temp_dir().join(format!("las-defs-{}.json", env.id));
+    std::fs::write(&path, serde_json::to_vec(&defs).unwrap()).unwrap();
+    let imported = rabbitmqctl_output(&["import_definitions", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    imported.unwrap();
+    env.spawn_worker().await;
+    env.link(parnassys_link("90IJ", "parnassys-defs")).await;
+    env.publish(&[guardian("90IJ", "parnassys-defs", "O1", 1, "Defs")])
+        .await;
+    env.wait_handled(2).await;
+    assert!(env.show("90IJ", "guardian", "O1").is_some());
+    assert!(
+        !env.log().contains("PRECONDITION_FAILED"),
+        "the worker found a queue declared differently"
+    );
+}
