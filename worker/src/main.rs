@@ -266,6 +266,7 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
 
     let metrics = Metrics::new();
+    metrics.init_series();
     let health = Arc::new(Health::default());
     let clock = args.today.map(Clock::Pinned).unwrap_or(Clock::Local);
     let pipeline = Pipeline::new(store.clone(), metrics.clone(), clock);
@@ -287,6 +288,22 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         batch_max_wait: args.batch_max_wait(),
         delivery_limit: args.broker.delivery_limit,
     };
+    if args.mail.mail_dispatch && args.mail.mail_api_url.is_none() {
+        // The file transport needs a writable directory; say so now rather
+        // than retrying every e-mail for ever.
+        let dir = &args.mail.mail_dir;
+        let probe = dir.join(".las-worker-write-test");
+        if let Err(e) = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&probe, b"ok"))
+            .and_then(|_| std::fs::remove_file(&probe))
+        {
+            eprintln!(
+                "las-worker: MAIL_DIR {} is not writable ({e}); set MAIL_API_URL or a writable MAIL_DIR",
+                dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
     let mail = if args.mail.mail_dispatch {
         let transport = match (&args.mail.mail_api_url, &args.mail.mail_api_token) {
             (Some(url), Some(token)) => Transport::Http(
@@ -500,6 +517,13 @@ async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch::Rec
         }
         if let Ok(n) = store.outbox_depth().await {
             metrics.outbox_depth.set(n);
+        }
+        // Per-school staleness survives restarts: the database knows the last sync.
+        if let Ok(rows) = store.last_syncs().await {
+            for (brin, at) in rows {
+                let g = metrics.last_sync.with_label_values(&[&brin]);
+                g.set(g.get().max(at));
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(15)) => {}

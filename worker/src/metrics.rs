@@ -298,6 +298,39 @@ impl Metrics {
         }
     }
 
+    /// Creates the known series of the counters at zero, so that the first
+    /// dead letter, retry or failure is an increase an alert can see.
+    pub fn init_series(&self) {
+        for r in las_contracts::RejectReason::ALL {
+            self.dead_letters.with_label_values(&[r.as_str()]);
+        }
+        for c in ["database", "broker"] {
+            self.retries.with_label_values(&[c]);
+        }
+        for o in ["ran", "skipped", "failed"] {
+            self.daily_runs.with_label_values(&[o]);
+        }
+        for (o, r) in [
+            ("sent", "ok"),
+            ("retry", "rate_limited"),
+            ("retry", "server_error"),
+            ("retry", "timeout"),
+            ("retry", "connection"),
+            ("failed", "rejected"),
+        ] {
+            self.emails.with_label_values(&[o, r]);
+        }
+        for a in ["items_unlinked", "records_deleted"] {
+            self.rollover.with_label_values(&[a]);
+        }
+        for o in ["applied", "held"] {
+            self.snapshots.with_label_values(&[o]);
+        }
+        for e in ["opened", "resolved", "no_recipients"] {
+            self.suggestions.with_label_values(&[e]);
+        }
+    }
+
     /// Counts a rule decision, and R9 decisions as intake events too.
     pub fn record_decision(&self, d: &crate::rules::Decision) {
         self.decisions

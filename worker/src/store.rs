@@ -1920,6 +1920,17 @@ impl Store {
         members.write(&mut tx).await?;
         reconcile_guardians(&mut tx, &ids, &[], &mut effects).await?;
         report.purged = self.purge_expired(&mut tx, today).await?;
+        // Bookkeeping that must not grow for ever: message ids older than 30 days
+        // (a redelivery that late is still caught by the entity versions) and
+        // sync events published more than 7 days ago.
+        sqlx::query(
+            "DELETE FROM processed_messages WHERE processed_at < now() - interval '30 days'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM event_outbox WHERE published_at < now() - interval '7 days'")
+            .execute(&mut *tx)
+            .await?;
         effects.events.write(&mut tx).await?;
         sqlx::query(
             "INSERT INTO daily_jobs (job, last_run_date) VALUES ('intake', $1)
@@ -2634,6 +2645,15 @@ impl Store {
              FROM snapshots s JOIN schools sc ON sc.id = s.school_id WHERE sc.brin = $1 ORDER BY s.started_at DESC",
         )
         .bind(brin)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Last sync per school as unix seconds (the staleness gauge after a restart).
+    pub async fn last_syncs(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT brin, extract(epoch FROM last_sync_at)::int8 FROM schools WHERE last_sync_at IS NOT NULL",
+        )
         .fetch_all(&self.pool)
         .await?)
     }
