@@ -352,6 +352,8 @@ pub struct RunArgs {
     pub today: Option<chrono::NaiveDate>,
     #[command(flatten)]
     pub mail: MailArgs,
+    #[command(flatten)]
+    pub journal: crate::ops::JournalRetentionArgs,
     /// Publish the sync-event outbox on las.sync-events from this process.
     #[arg(long, env = "EVENTS_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
     pub events_publish: bool,

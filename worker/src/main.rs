@@ -270,9 +270,15 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     let health = Arc::new(Health::default());
     let clock = args.today.map(Clock::Pinned).unwrap_or(Clock::Local);
     let pipeline = Pipeline::new(store.clone(), metrics.clone(), clock);
-    let daily = args
-        .daily_job
-        .then(|| tokio::spawn(daily_job(store.clone(), metrics.clone(), clock, rx.clone())));
+    let daily = args.daily_job.then(|| {
+        tokio::spawn(daily_job(
+            store.clone(),
+            metrics.clone(),
+            clock,
+            args.journal.journal_retention_days,
+            rx.clone(),
+        ))
+    });
     let router = http::router(metrics.clone(), health.clone(), store.clone());
     let listener_addr = args.metrics_addr;
     let http_rx = rx.clone();
@@ -451,12 +457,17 @@ async fn daily_job(
     store: Store,
     metrics: Metrics,
     clock: Clock,
+    journal_days: u32,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         match store.run_daily(clock.today(), false).await {
             Ok(r) if r.ran => {
                 metrics.daily_runs.with_label_values(&["ran"]).inc();
+                match las_worker::ops::prune_journal(store.pool(), journal_days).await {
+                    Ok(n) => info!(deleted = n, days = journal_days, "change journal pruned"),
+                    Err(e) => warn!(error = %e, "change journal not pruned; next run tries again"),
+                }
                 for (event, n) in [
                     ("promoted", r.promoted),
                     ("placed_in_intake", r.placed_in_intake),
