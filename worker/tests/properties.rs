@@ -49,7 +49,7 @@ fn email() -> impl Strategy<Value = Option<String>> {
 
 #[derive(Debug, Clone)]
 enum Msg {
-    Upsert(LasProfile),
+    Upsert(Box<LasProfile>),
     Remove,
 }
 
@@ -101,7 +101,7 @@ fn staff() -> impl Strategy<Value = LasProfile> {
 
 fn messages(p: impl Strategy<Value = LasProfile> + 'static) -> impl Strategy<Value = Vec<Msg>> {
     prop::collection::vec(
-        prop_oneof![4 => p.prop_map(Msg::Upsert), 1 => Just(Msg::Remove)],
+        prop_oneof![4 => p.prop_map(|l| Msg::Upsert(Box::new(l))), 1 => Just(Msg::Remove)],
         1..7,
     )
 }
