@@ -45,29 +45,26 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Which database errors are worth retrying. Connection problems, pool
-/// exhaustion, serialization failures and deadlocks, resource shortages and
-/// an administrator's shutdown are; constraint and data errors are not.
+/// Which database errors are worth retrying. Only the data a message carries
+/// can make the database refuse it for good: SQLSTATE class 22 (data
+/// exception, e.g. a NUL character) and 23 (integrity constraint violation).
+/// Everything else — connection loss, a database that refuses connections
+/// (`55000` while `ALLOW_CONNECTIONS` is off), shutdowns, serialization
+/// failures, deadlocks, resource shortages, even a missing table during a
+/// deployment — is the infrastructure's problem: retried with backoff, never
+/// a reason to dead-letter a good message.
 pub fn classify(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            let transient = code.starts_with("08") // connection exception
-                || code.starts_with("53") // insufficient resources
-                || code.starts_with("57") // operator intervention (admin shutdown, cannot connect now)
-                || code.starts_with("58") // system error (I/O)
-                || code == "40001" // serialization failure
-                || code == "40P01" // deadlock detected
-                || code == "55P03" // lock not available
-                || code == "55006" // object in use
-                || code == "3D000"; // database does not exist (yet), e.g. during a restore
-            if transient {
-                StoreError::Transient(e)
-            } else {
+            let permanent = code.starts_with("22") || code.starts_with("23");
+            if permanent {
                 StoreError::Permanent {
                     constraint: db.constraint().map(str::to_owned),
                     code,
                 }
+            } else {
+                StoreError::Transient(e)
             }
         }
         sqlx::Error::Decode(_)
@@ -2776,5 +2773,18 @@ impl Store {
             .await?;
         }
         Ok(purged.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_errors_are_permanent() {
+        // Errors without a database code (I/O, pool time-out) are transient.
+        assert!(classify(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(classify(sqlx::Error::Io(std::io::Error::other("reset"))).is_transient());
+        assert!(!classify(sqlx::Error::RowNotFound).is_transient());
     }
 }
