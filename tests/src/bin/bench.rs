@@ -836,25 +836,31 @@ fn drop_database(name: &str) {
         .status();
 }
 
-fn is_worker_process(pid: u32) -> bool {
+/// Whether `pid` is still the `las-worker run` this harness started from
+/// `bin` (guards against a reused process id).
+fn is_worker_process(pid: u32, bin: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
-            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-            args.first().is_some_and(|a| a.ends_with(b"las-worker"))
-                && args.get(1).is_some_and(|a| *a == b"run")
+            let args: Vec<String> = c
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.iter().any(|a| a == "run")
+                && (args.first().is_some_and(|a| a == bin)
+                    || args.iter().any(|a| a.contains("las-worker")))
         })
         .unwrap_or(false)
 }
 
 /// SIGTERM, then SIGKILL after `grace`; by pid, only a process this harness started.
-fn terminate(pid: u32, grace: Duration) {
+fn terminate(pid: u32, bin: &str, grace: Duration) {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .stderr(Stdio::null())
         .status();
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        if !Path::new(&format!("/proc/{pid}")).exists() || !is_worker_process(pid) {
+        if !is_worker_process(pid, bin) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -888,11 +894,13 @@ fn cleanup_leftovers(out: &Path) -> usize {
     for (kind, name) in files {
         match kind.as_str() {
             "pid" => {
+                let bin = std::fs::read_to_string(ledger_dir(out).join(format!("pid-{name}")))
+                    .unwrap_or_default();
                 if let Ok(pid) = name.parse::<u32>()
-                    && is_worker_process(pid)
+                    && is_worker_process(pid, &bin)
                 {
                     say(format!("cleanup: stopping leftover worker {pid}"));
-                    terminate(pid, Duration::from_secs(10));
+                    terminate(pid, &bin, Duration::from_secs(10));
                 }
             }
             "db" => {
@@ -1056,6 +1064,11 @@ impl World {
         }
         let child = cmd.spawn().context("starting las-worker")?;
         ledger_add(&self.out, "pid", &child.id().to_string());
+        // The ledger file holds the program, so `--cleanup` recognises the process.
+        let _ = std::fs::write(
+            ledger_dir(&self.out).join(format!("pid-{}", child.id())),
+            self.worker_bin.to_string_lossy().as_bytes(),
+        );
         self.workers.push((child, port));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -1087,7 +1100,11 @@ impl World {
         for (mut child, _) in self.workers.drain(..) {
             let pid = child.id();
             if let Ok(None) = child.try_wait() {
-                terminate(pid, Duration::from_secs(30));
+                terminate(
+                    pid,
+                    &self.worker_bin.to_string_lossy(),
+                    Duration::from_secs(30),
+                );
             }
             let _ = child.wait();
             ledger_remove(&self.out, "pid", &pid.to_string());
