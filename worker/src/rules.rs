@@ -311,6 +311,15 @@ impl Value {
 }
 
 impl Contact {
+    /// A field's value as text (dates as YYYY-MM-DD), for suggestions and
+    /// `import --show-values`.
+    pub fn text(&self, f: Field) -> Option<String> {
+        match self.get(f) {
+            Value::Text(t) => t,
+            Value::Date(d) => d.map(|d| d.to_string()),
+        }
+    }
+
     /// The fields whose values differ (names only ever leave the worker).
     pub fn changed_fields(&self, other: &Contact) -> Vec<Field> {
         Field::ALL

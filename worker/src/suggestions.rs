@@ -49,22 +49,6 @@ impl Field {
     }
 }
 
-fn current_text(c: &Contact, f: Field) -> Option<String> {
-    match f {
-        Field::FirstName => c.first_name.clone(),
-        Field::NamePrefix => c.name_prefix.clone(),
-        Field::LastName => c.last_name.clone(),
-        Field::BirthDate => c.birth_date.map(|d| d.to_string()),
-        Field::Street => c.street.clone(),
-        Field::Postcode => c.postcode.clone(),
-        Field::City => c.city.clone(),
-        Field::Phone => c.phone.clone(),
-        Field::Mobile => c.mobile.clone(),
-        Field::EmergencyPhone => c.emergency_phone.clone(),
-        Field::Email => c.email.clone(),
-    }
-}
-
 /// R10: the suggestion a guardian's edit makes. Only imported fields (R3) can
 /// be suggestions; a proposal of the value the portal already has is none.
 pub fn plan(system: LasSystem, current: &Contact, proposals: &[FieldProposal]) -> Plan {
@@ -83,7 +67,7 @@ pub fn plan(system: LasSystem, current: &Contact, proposals: &[FieldProposal]) -
             continue;
         };
         let proposed = rules::normalize(&p.proposed);
-        let cur = current_text(current, field);
+        let cur = current.text(field);
         if proposed == cur {
             ignored.push(field.as_str().to_owned());
             continue;

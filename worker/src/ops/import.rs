@@ -450,23 +450,6 @@ async fn snapshot(conn: &mut PgConnection, msgs: &[Inbound]) -> Result<Snapshot,
     Ok(out)
 }
 
-/// A field's value as text (dates as YYYY-MM-DD).
-fn value_of(c: &Contact, f: Field) -> Option<String> {
-    match f {
-        Field::FirstName => c.first_name.clone(),
-        Field::NamePrefix => c.name_prefix.clone(),
-        Field::LastName => c.last_name.clone(),
-        Field::BirthDate => c.birth_date.map(|d| d.to_string()),
-        Field::Street => c.street.clone(),
-        Field::Postcode => c.postcode.clone(),
-        Field::City => c.city.clone(),
-        Field::Phone => c.phone.clone(),
-        Field::Mobile => c.mobile.clone(),
-        Field::EmergencyPhone => c.emergency_phone.clone(),
-        Field::Email => c.email.clone(),
-    }
-}
-
 /// The LAS record's values, normalized as the rules see them (R2: trimmed,
 /// blank is none).
 fn las_contact(m: &Inbound) -> Option<Contact> {
@@ -504,7 +487,7 @@ fn field_values(msgs: &[Inbound], outcomes: &[MessageOutcome], before: &Snapshot
         };
         let current = state.entry(key.clone()).or_insert_with(|| {
             let c = before.get(&key).cloned().unwrap_or_default();
-            Field::ALL.iter().map(|f| (*f, value_of(&c, *f))).collect()
+            Field::ALL.iter().map(|f| (*f, c.text(*f))).collect()
         });
         let las = las_contact(&msgs[i]).unwrap_or_default();
         for d in decisions {
@@ -514,7 +497,7 @@ fn field_values(msgs: &[Inbound], outcomes: &[MessageOutcome], before: &Snapshot
             };
             let old = current.get(&f).cloned().flatten();
             let new = match d.action {
-                Action::Overwritten => value_of(&las, f),
+                Action::Overwritten => las.text(f),
                 Action::Cleared => None,
                 _ => old.clone(),
             };
