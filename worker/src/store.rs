@@ -781,7 +781,8 @@ fn status_of(s: &str) -> Option<Status> {
 
 const CONTACT_COLUMNS: &str = "first_name, name_prefix, last_name, birth_date, street, postcode, city, phone, mobile, emergency_phone, email";
 
-fn contact_from_row(row: &sqlx::postgres::PgRow) -> Result<Contact, sqlx::Error> {
+/// The imported fields of a profile row (the columns of `CONTACT_COLUMNS`).
+pub(crate) fn contact_from_row(row: &sqlx::postgres::PgRow) -> Result<Contact, sqlx::Error> {
     Ok(Contact {
         first_name: row.try_get("first_name")?,
         name_prefix: row.try_get("name_prefix")?,

@@ -432,19 +432,7 @@ async fn snapshot(conn: &mut PgConnection, msgs: &[Inbound]) -> Result<Snapshot,
         };
         out.insert(
             (row.try_get("brin")?, kind, row.try_get("las_key")?),
-            Contact {
-                first_name: row.try_get("first_name")?,
-                name_prefix: row.try_get("name_prefix")?,
-                last_name: row.try_get("last_name")?,
-                birth_date: row.try_get("birth_date")?,
-                street: row.try_get("street")?,
-                postcode: row.try_get("postcode")?,
-                city: row.try_get("city")?,
-                phone: row.try_get("phone")?,
-                mobile: row.try_get("mobile")?,
-                emergency_phone: row.try_get("emergency_phone")?,
-                email: row.try_get("email")?,
-            },
+            crate::store::contact_from_row(&row)?,
         );
     }
     Ok(out)
