@@ -541,6 +541,9 @@ pub mod dead_letter {
     pub const REJECTED_AT: &str = "x-las-rejected-at";
     /// The message id, when the message could be read far enough to have one.
     pub const MESSAGE_ID: &str = "x-las-message-id";
+    /// RFC 3339 time `las-worker dlq replay` republished the message; on a
+    /// replayed message, and on its dead letter when it is rejected again.
+    pub const REPLAYED_AT: &str = "x-las-replayed-at";
 }
 
 /// Why a message was rejected to the dead-letter queue.

@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod mailapi;
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -153,23 +156,7 @@ impl TestEnv {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut cmd = Command::new(worker_bin());
-        cmd.arg("run")
-            .env("DATABASE_URL", self.database_url())
-            .env("AMQP_URL", self.amqp_url())
-            .env("METRICS_ADDR", format!("127.0.0.1:{}", self.metrics_port))
-            .env("LOG_FORMAT", "json")
-            .env(
-                "RUST_LOG",
-                "debug,sqlx=warn,lapin=warn,amq_protocol=warn,hyper=warn",
-            )
-            .env("BATCH_MAX_WAIT_MS", "5")
-            .env("MAIL_DIR", self.mail_dir())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log));
-        for (k, v) in &self.extra_env {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.worker_command(self.metrics_port, log);
         self.worker = Some(cmd.spawn().expect("starting las-worker"));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -192,6 +179,29 @@ impl TestEnv {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `las-worker run` for this world, with the settings of every worker of
+    /// the tests, then `extra_env`; its metrics on `metrics_port`.
+    fn worker_command(&self, metrics_port: u16, log: std::fs::File) -> Command {
+        let mut cmd = Command::new(worker_bin());
+        cmd.arg("run")
+            .env("DATABASE_URL", self.database_url())
+            .env("AMQP_URL", self.amqp_url())
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env("LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                "debug,sqlx=warn,lapin=warn,amq_protocol=warn,hyper=warn",
+            )
+            .env("BATCH_MAX_WAIT_MS", "5")
+            .env("MAIL_DIR", self.mail_dir())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd
     }
 
     /// Where this world's worker writes e-mails (the file transport).
@@ -329,21 +339,7 @@ impl TestEnv {
 
     /// Sends SIGTERM and waits for the worker to exit; returns how long it took.
     pub fn stop_worker(&mut self) -> Option<Duration> {
-        let mut child = self.worker.take()?;
-        let started = Instant::now();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Some(started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        terminate(self.worker.take()?)
     }
 
     pub fn log(&self) -> String {
@@ -352,45 +348,12 @@ impl TestEnv {
 
     /// A minimal HTTP GET against the worker's endpoints: (status, body).
     pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .await
-            .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.ok()?;
-        let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
+        http_get_port(self.metrics_port, path).await
     }
 
     /// Sum of `las_messages_total` per outcome.
     pub async fn message_counts(&self) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
-        let Some((_, body)) = self.http_get("/metrics").await else {
-            return out;
-        };
-        for line in body
-            .lines()
-            .filter(|l| l.starts_with("las_messages_total{"))
-        {
-            let outcome = line
-                .split("outcome=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("");
-            let n: f64 = line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
-            *out.entry(outcome.to_owned()).or_default() += n as u64;
-        }
-        out
+        message_counts_port(self.metrics_port).await
     }
 
     /// Waits until the worker has handled at least `n` messages in total.
@@ -435,6 +398,31 @@ impl TestEnv {
             assert!(confirm.is_ack(), "broker did not confirm a publish");
         }
         let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// Takes the next message of a queue without acknowledging it and gives
+    /// it back (`basic.nack` with requeue): the broker then delivers it again
+    /// with `redelivered` set, as after a lost acknowledgement. Returns its body.
+    pub async fn requeue_one(&self, queue: &str) -> Vec<u8> {
+        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let m = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("queue {queue} is empty"));
+        m.delivery
+            .acker
+            .nack(lapin::options::BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            })
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+        m.delivery.data.clone()
     }
 
     /// Publishes messages to the exchange and routing key their own fields name.
@@ -719,6 +707,25 @@ pub fn metric_sample(body: &str, sample: &str) -> Option<f64> {
     })
 }
 
+/// Asserts from a `/metrics` body that both consumers connected once and
+/// reconnected at least twice, and are up again.
+pub fn assert_reconnected_twice(body: &str) {
+    for q in ["changes", "portal"] {
+        let n = metric_sample(
+            body,
+            &format!("las_broker_connections_total{{queue=\"{q}\"}}"),
+        );
+        assert!(
+            n >= Some(3.0),
+            "{q}: 1 connection + 2 reconnects, got {n:?}"
+        );
+        assert_eq!(
+            metric_sample(body, &format!("las_consumer_up{{queue=\"{q}\"}}")),
+            Some(1.0)
+        );
+    }
+}
+
 /// Sum of every sample of a family (`name` or `name{...}`) whose labels
 /// contain all of `labels` (e.g. `[("outcome", "applied")]`).
 pub fn metric_sum(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -827,39 +834,14 @@ impl TestEnv {
 /// `TestEnv::publish_many` without the `TestEnv`, for a publisher running in
 /// a background task while the test holds the environment.
 pub async fn publish_many_to(amqp_url: &str, msgs: &[Value]) {
-    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    for chunk in msgs.chunks(250) {
-        let mut confirms = Vec::with_capacity(chunk.len());
-        for m in chunk {
+    let raw: Vec<(String, String, Vec<u8>)> = msgs
+        .iter()
+        .map(|m| {
             let (exchange, key) = route(m);
-            confirms.push(
-                ch.basic_publish(
-                    exchange.as_str().into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &serde_json::to_vec(m).unwrap(),
-                    BasicProperties::default()
-                        .with_content_type("application/json".into())
-                        .with_delivery_mode(2),
-                )
-                .await
-                .unwrap(),
-            );
-        }
-        for c in confirms {
-            assert!(
-                c.await.unwrap().is_ack(),
-                "broker did not confirm a publish"
-            );
-        }
-    }
-    let _ = conn.close(200, "done".into()).await;
+            (exchange, key, serde_json::to_vec(m).unwrap())
+        })
+        .collect();
+    publish_bytes_to(amqp_url, &raw).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -906,4 +888,196 @@ impl TestEnv {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         path.to_string_lossy().into_owned()
     }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the fault-injection tests (tests/tests/faults.rs): metrics of
+// any worker process, a second worker process on the same world, the
+// worker's pid and memory.
+// ---------------------------------------------------------------------------
+
+/// A minimal HTTP GET against `127.0.0.1:port`: (status, body).
+pub async fn http_get_port(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Sum of `las_messages_total` per outcome of the worker whose metrics are
+/// on `port` (empty when it does not answer).
+pub async fn message_counts_port(port: u16) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Some((_, body)) = http_get_port(port, "/metrics").await else {
+        return out;
+    };
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("las_messages_total{"))
+    {
+        let outcome = line
+            .split("outcome=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        let n: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *out.entry(outcome.to_owned()).or_default() += n as u64;
+    }
+    out
+}
+
+/// Memory of a process from `/proc/<pid>/status`, in KiB: (VmRSS, VmHWM).
+pub fn process_memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Another `las-worker run` process on the same database and vhost as a
+/// `TestEnv`'s worker (a replica), with its own metrics port and log file.
+/// Killed (SIGKILL) when dropped.
+pub struct ExtraWorker {
+    pub metrics_port: u16,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl ExtraWorker {
+    pub async fn message_counts(&self) -> BTreeMap<String, u64> {
+        message_counts_port(self.metrics_port).await
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        running(&mut self.child)
+    }
+
+    /// Stops the process with SIGTERM and waits for it (at most 90 s).
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
+    }
+}
+
+/// Sends SIGTERM and waits for the process to exit (at most 90 s, then
+/// SIGKILL); returns how long it took, or `None` when it had to be killed.
+fn terminate(mut child: Child) -> Option<Duration> {
+    let started = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// True while the process has not exited.
+fn running(child: &mut Option<Child>) -> bool {
+    child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+}
+
+impl Drop for ExtraWorker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl TestEnv {
+    /// The pid of the running worker process, if any.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.worker.as_ref().map(Child::id)
+    }
+
+    /// True while the worker process started by `spawn_worker` has not exited.
+    pub fn worker_running(&mut self) -> bool {
+        running(&mut self.worker)
+    }
+
+    /// Starts a second worker process on this world (same database, same
+    /// vhost, same `extra_env`), and waits until it is ready.
+    pub async fn spawn_extra_worker(&self, name: &str) -> ExtraWorker {
+        let log_path = self.log_path.with_extension(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let metrics_port = free_port();
+        let mut child = self
+            .worker_command(metrics_port, log)
+            .spawn()
+            .expect("starting a second las-worker");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((200, _)) = http_get_port(metrics_port, "/readyz").await {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "second las-worker exited during start-up with {status}; log: {}",
+                    log_path.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "second las-worker not ready within 60 s; log: {}",
+                log_path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ExtraWorker {
+            metrics_port,
+            log_path,
+            child: Some(child),
+        }
+    }
+}
+
+/// Publishes raw bodies, each to its own exchange and routing key, over one
+/// connection with publisher confirms awaited per chunk (for loads that mix
+/// bytes that are not JSON into valid messages).
+pub async fn publish_bytes_to(amqp_url: &str, msgs: &[(String, String, Vec<u8>)]) {
+    // The worker's own `publish` path: one connection, persistent messages,
+    // every publisher confirm awaited.
+    let confirmed = las_worker::bus::publish_all(amqp_url, msgs).await.unwrap();
+    assert_eq!(confirmed, msgs.len(), "broker did not confirm a publish");
 }

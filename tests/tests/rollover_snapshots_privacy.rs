@@ -297,7 +297,7 @@ async fn outbox_events_once_per_committed_change_none_for_rollback_and_they_surv
     .await;
     env.wait_handled(6).await;
     let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE published_at IS NULL")
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox_events WHERE published_at IS NULL")
             .fetch_one(&env.db)
             .await
             .unwrap();

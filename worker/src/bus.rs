@@ -7,12 +7,14 @@
 //! that delivered it. After a reconnect the old deliveries are dropped and
 //! the broker redelivers them; the message-id dedupe makes that harmless.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -41,7 +43,14 @@ pub enum BusError {
     DeadLetterNacked,
     #[error("the broker refused a publish (publisher nack)")]
     Nacked,
+    #[error("no answer from the broker within {0:?} ({1})")]
+    Timeout(Duration, &'static str),
 }
+
+/// How long a confirm or an acknowledgement may take before the connection
+/// is taken for dead (lapin may leave such a future pending when the
+/// connection dies under it): the session reconnects, the broker redelivers.
+const BROKER_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which of the worker's queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +81,8 @@ pub struct BusSettings {
     pub prefetch: u16,
     pub batch_size: usize,
     pub batch_max_wait: Duration,
+    /// Batches applied at the same time (separate transactions).
+    pub batch_concurrency: usize,
     pub delivery_limit: i64,
 }
 
@@ -267,60 +278,137 @@ async fn session(
         "consuming"
     );
 
+    // Batches fill while earlier ones are applied: up to `batch_concurrency`
+    // transactions are in flight. They finish in any order, but `in_flight`
+    // yields them in delivery order, and a batch is acknowledged (one
+    // multiple ack up to its last tag, on this channel) only when it and all
+    // earlier batches are committed: a multiple ack never covers a delivery
+    // that is not applied yet.
     let batch_size = settings.batch_size.max(1);
+    let concurrency = settings.batch_concurrency.max(1);
     let mut batch: Vec<Delivery> = Vec::with_capacity(batch_size);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let batch_shutdown = shutdown.clone();
+    let mut in_flight = FuturesOrdered::new();
     loop {
-        let first = tokio::select! {
+        let due =
+            batch.len() >= batch_size || deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+        if !batch.is_empty() && due && in_flight.len() < concurrency {
+            let deliveries: Vec<Delivery> = if batch.len() > batch_size {
+                // Deliveries read while every slot was busy: the rest starts
+                // the next batch, whose fill time starts now.
+                let rest = batch.split_off(batch_size);
+                let full = std::mem::replace(&mut batch, rest);
+                deadline = Some(tokio::time::Instant::now() + settings.batch_max_wait);
+                full
+            } else {
+                deadline = None;
+                std::mem::replace(&mut batch, Vec::with_capacity(batch_size))
+            };
+            in_flight.push_back(run_batch(deliveries, kind, pipeline, &dl, &batch_shutdown));
+            continue;
+        }
+        let wait_for_deadline = !batch.is_empty() && in_flight.len() < concurrency;
+        let sleep_until = deadline.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
             biased;
-            _ = shutdown.changed() => None,
-            d = consumer.next() => Some(d),
-        };
-        let Some(first) = first else {
-            // Shutdown: stop deliveries; unprocessed prefetched messages go back
-            // to the queue when the channel closes.
-            let _ = ch
-                .basic_cancel(s(&tag), BasicCancelOptions::default())
-                .await;
-            let _ = ch.close(200, s("shutdown")).await;
-            let _ = conn.close(200, s("shutdown")).await;
-            return Ok(());
-        };
-        match first {
-            None => return Err(BusError::ConsumerEnded),
-            Some(d) => batch.push(d?),
-        }
-        let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
-        while batch.len() < batch_size {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Err(_) => break,
-                Ok(None) => return Err(BusError::ConsumerEnded),
-                Ok(Some(d)) => batch.push(d?),
+            _ = shutdown.changed() => {
+                // Stop deliveries; let the batches in flight finish (they give
+                // up by themselves while the database is away) and acknowledge
+                // what committed. The partial batch and everything prefetched
+                // go back to the queue when the channel closes.
+                let _ = ch.basic_cancel(s(&tag), BasicCancelOptions::default()).await;
+                while let Some((deliveries, result)) = in_flight.next().await {
+                    match result {
+                        Ok(true) => ack_batch(&deliveries).await?,
+                        Ok(false) => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                close_quietly(&ch, &conn).await;
+                return Ok(());
             }
-        }
-        let started = Instant::now();
-        let done = handle_batch(&batch, pipeline, &dl, &shutdown).await?;
-        metrics
-            .batch_size
-            .with_label_values(&[kind.label()])
-            .observe(batch.len() as f64);
-        metrics
-            .batch_seconds
-            .with_label_values(&[kind.label()])
-            .observe(started.elapsed().as_secs_f64());
-        batch.clear();
-        if !done {
-            // Interrupted by shutdown while the database was down: leave the
-            // batch unacknowledged; the broker redelivers it.
-            let _ = ch.close(200, s("shutdown")).await;
-            let _ = conn.close(200, s("shutdown")).await;
-            return Ok(());
+            Some((deliveries, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                match result {
+                    Ok(true) => ack_batch(&deliveries).await?,
+                    Ok(false) => {
+                        // Interrupted by shutdown while the database was down:
+                        // nothing of it (or after it) is acknowledged; the
+                        // broker redelivers.
+                        close_quietly(&ch, &conn).await;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until), if wait_for_deadline && deadline.is_some() => {}
+            // Always read: deliveries beyond a full batch wait in it (the
+            // prefetch bounds them), and a dead connection shows up here even
+            // while every batch slot is busy.
+            d = consumer.next() => {
+                match d {
+                    None => return Err(BusError::ConsumerEnded),
+                    Some(d) => batch.push(d?),
+                }
+                if batch.len() == 1 {
+                    deadline = Some(tokio::time::Instant::now() + settings.batch_max_wait);
+                }
+            }
         }
     }
 }
 
-/// Applies a batch, dead-letters the rejected messages with confirms, then
-/// acknowledges the whole batch with one multiple ack. Returns false when
-/// shutdown interrupted it before commit (nothing acknowledged).
+/// Closes channel and connection at shutdown, without waiting long for a
+/// broker that is gone.
+async fn close_quietly(ch: &Channel, conn: &Connection) {
+    let close = async {
+        let _ = ch.close(200, s("shutdown")).await;
+        let _ = conn.close(200, s("shutdown")).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+}
+
+/// Applies one batch and publishes its dead letters with confirms; the
+/// acknowledgement is the caller's, in delivery order. Returns the deliveries
+/// and whether the batch is done (false: shutdown interrupted it before
+/// commit, nothing may be acknowledged).
+async fn run_batch(
+    deliveries: Vec<Delivery>,
+    kind: QueueKind,
+    pipeline: &Pipeline,
+    dl: &Channel,
+    shutdown: &watch::Receiver<bool>,
+) -> (Vec<Delivery>, Result<bool, BusError>) {
+    let started = Instant::now();
+    let result = handle_batch(&deliveries, pipeline, dl, shutdown).await;
+    let metrics = pipeline.metrics();
+    metrics
+        .batch_size
+        .with_label_values(&[kind.label()])
+        .observe(deliveries.len() as f64);
+    metrics
+        .batch_seconds
+        .with_label_values(&[kind.label()])
+        .observe(started.elapsed().as_secs_f64());
+    (deliveries, result)
+}
+
+/// One multiple ack up to the batch's last delivery, through that delivery's
+/// own acker (the channel that delivered it).
+async fn ack_batch(deliveries: &[Delivery]) -> Result<(), BusError> {
+    if let Some(last) = deliveries.last() {
+        tokio::time::timeout(
+            BROKER_REPLY_TIMEOUT,
+            last.acker.ack(BasicAckOptions { multiple: true }),
+        )
+        .await
+        .map_err(|_| BusError::Timeout(BROKER_REPLY_TIMEOUT, "acknowledgement"))??;
+    }
+    Ok(())
+}
+
+/// Applies a batch and dead-letters the rejected messages with confirms.
+/// Returns false when shutdown interrupted it before commit.
 async fn handle_batch(
     batch: &[Delivery],
     pipeline: &Pipeline,
@@ -331,23 +419,81 @@ async fn handle_batch(
     let Ok(dispositions) = pipeline.process(&bodies, shutdown).await else {
         return Ok(false);
     };
+    // A redelivery of a message this worker already dead-lettered (the
+    // broker confirmed the dead letter, then the ack was lost to a broker cut
+    // or a crash) is acknowledged without a second copy in the queue.
+    let digests: Vec<Option<Vec<u8>>> = batch
+        .iter()
+        .zip(&dispositions)
+        .map(|(d, disp)| matches!(disp, Disposition::DeadLetter(_)).then(|| delivery_digest(d)))
+        .collect();
+    let redelivered: Vec<Vec<u8>> = batch
+        .iter()
+        .zip(&digests)
+        .filter_map(|(d, g)| g.as_ref().filter(|_| d.redelivered).cloned())
+        .collect();
+    let already = if redelivered.is_empty() {
+        HashSet::new()
+    } else {
+        pipeline
+            .store()
+            .dead_lettered(&redelivered)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "cannot check earlier dead letters; a redelivered rejection may be dead-lettered twice");
+                HashSet::new()
+            })
+    };
     let mut confirms = Vec::new();
-    for (d, disp) in batch.iter().zip(&dispositions) {
-        if let Disposition::DeadLetter(r) = disp {
+    let mut marks: Vec<(Vec<u8>, &str)> = Vec::new();
+    for ((d, disp), digest) in batch.iter().zip(&dispositions).zip(digests) {
+        if let (Disposition::DeadLetter(r), Some(digest)) = (disp, digest) {
+            if d.redelivered && already.contains(&digest) {
+                info!(
+                    reason = r.reason.as_str(),
+                    "redelivered message was dead-lettered before; acknowledged without a second dead letter"
+                );
+                continue;
+            }
             confirms.push(publish_dead_letter(dl, d, r).await?);
+            marks.push((digest, r.reason.as_str()));
         }
     }
     for c in confirms {
-        let conf = c.await?;
+        let conf = tokio::time::timeout(BROKER_REPLY_TIMEOUT, c)
+            .await
+            .map_err(|_| BusError::Timeout(BROKER_REPLY_TIMEOUT, "dead-letter confirm"))??;
         if conf.is_nack() {
             error!("broker refused a dead letter; the batch will be redelivered");
             return Err(BusError::DeadLetterNacked);
         }
     }
-    if let Some(last) = batch.last() {
-        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+    if !marks.is_empty()
+        && let Err(e) = pipeline.store().record_dead_lettered(&marks).await
+    {
+        // Only a lost ack would need the mark; the dead letters are safe.
+        warn!(error = %e, "cannot record the dead letters; a redelivery of them would be dead-lettered twice");
     }
     Ok(true)
+}
+
+/// Identifies a delivery's message across redeliveries: SHA-256 of the body
+/// and of `x-las-replayed-at` (set by `las-worker dlq replay`, so a replayed
+/// message is not taken for its earlier dead letter).
+pub fn delivery_digest(d: &Delivery) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(&d.data);
+    if let Some(AMQPValue::LongString(at)) = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(dead_letter::REPLAYED_AT))
+    {
+        h.update(b"\0replayed-at\0");
+        h.update(at.as_bytes());
+    }
+    h.finalize().to_vec()
 }
 
 async fn publish_dead_letter(

@@ -343,6 +343,11 @@ pub struct RunArgs {
     /// How long a batch waits to fill before it is applied anyway.
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 20)]
     pub batch_max_wait_ms: u64,
+    /// Batches of one queue applied at the same time, each in its own
+    /// transaction on its own connection; acknowledgements stay in delivery
+    /// order. 1: strictly one after the other.
+    #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 2)]
+    pub batch_concurrency: usize,
     /// Database connections in the pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
@@ -360,6 +365,10 @@ pub struct RunArgs {
     /// Run the daily job (R9 intake) at start and just after local midnight.
     #[arg(long, env = "DAILY_JOB", default_value_t = true, action = clap::ArgAction::Set)]
     pub daily_job: bool,
+    /// How often to look for tables whose planner statistics are stale and
+    /// `ANALYZE` them (autovacuum's threshold); 0 turns it off.
+    #[arg(long, env = "DB_ANALYZE_INTERVAL_MS", default_value_t = 5000)]
+    pub db_analyze_interval_ms: u64,
 }
 
 impl RunArgs {
@@ -385,6 +394,21 @@ impl RunArgs {
         }
         if self.db_max_connections == 0 {
             return Err("DB_MAX_CONNECTIONS must be at least 1".into());
+        }
+        if self.db_analyze_interval_ms != 0 && self.db_analyze_interval_ms < 100 {
+            return Err("DB_ANALYZE_INTERVAL_MS must be 0 (off) or at least 100".into());
+        }
+        if !(1..=16).contains(&self.batch_concurrency) {
+            return Err("BATCH_CONCURRENCY must be between 1 and 16".into());
+        }
+        // Two queues with their batches, plus the e-mail dispatcher, the event
+        // publisher and the daily job.
+        let needed = 2 * self.batch_concurrency as u32 + 2;
+        if self.db_max_connections < needed {
+            return Err(format!(
+                "DB_MAX_CONNECTIONS ({}) is too small for BATCH_CONCURRENCY {}: at least {needed} (2 queues x batches + 2)",
+                self.db_max_connections, self.batch_concurrency
+            ));
         }
         self.mail.validate()?;
         Ok(())

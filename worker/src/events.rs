@@ -1,6 +1,8 @@
 //! Publishes the sync-event outbox on `las.sync-events` with publisher
 //! confirms. Events are written in the transaction of the change they
-//! describe; this publisher claims unpublished ones (`FOR UPDATE SKIP
+//! describe, all events of a transaction in one outbox row (view
+//! `event_outbox_events` shows one row per event); this publisher claims
+//! unpublished ones (`FOR UPDATE SKIP
 //! LOCKED`, so replicas share the work), publishes them, waits for the
 //! broker's confirms and only then marks them published in the same
 //! transaction. A crash in between publishes them again: delivery is at least
@@ -41,8 +43,10 @@ impl From<sqlx::Error> for PublishError {
     }
 }
 
-/// How many events one round publishes at most.
-const ROUND: i64 = 500;
+/// How many events one round publishes (it finishes the row it is in).
+const ROUND: usize = 1000;
+/// Outbox rows one round looks at.
+const ROUND_ROWS: i64 = 64;
 
 pub struct EventPublisher {
     store: Store,
@@ -103,7 +107,8 @@ impl EventPublisher {
             }
             let n = self.round(&ch).await?;
             if let Ok(depth) = sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM event_outbox WHERE published_at IS NULL",
+                "SELECT COALESCE(sum(COALESCE(cardinality(events), 1)), 0)::int8
+                 FROM event_outbox WHERE published_at IS NULL",
             )
             .fetch_one(self.store.pool())
             .await
@@ -119,41 +124,61 @@ impl EventPublisher {
         }
     }
 
-    /// Publishes one round; returns how many events went out.
+    /// Publishes one round; returns how many events went out. A round takes
+    /// outbox rows in order until it holds `ROUND` events (a row holds the
+    /// events of one transaction; rows from before migration 0007 hold one).
     async fn round(&self, ch: &Channel) -> Result<usize, PublishError> {
         let mut tx = self.store.pool().begin().await?;
         let rows = sqlx::query(
-            "SELECT id, routing_key, payload::text AS payload FROM event_outbox
+            "SELECT id, routing_key, payload::text AS payload, routing_keys, events::text[] AS events
+             FROM event_outbox
              WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
-        .bind(ROUND)
+        .bind(ROUND_ROWS)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let mut ids = Vec::with_capacity(rows.len());
-        let mut confirms = Vec::with_capacity(rows.len());
+        let mut confirms = Vec::new();
         for row in &rows {
+            if confirms.len() >= ROUND {
+                // The rest stays unpublished (and unlocked at commit) for the next round.
+                break;
+            }
             let id: i64 = row.try_get("id")?;
-            let key: String = row.try_get("routing_key")?;
-            let payload: String = row.try_get("payload")?;
-            let props = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_type("las.sync_event.v1".into());
-            confirms.push(
-                ch.basic_publish(
-                    SYNC_EVENTS_EXCHANGE.into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    payload.as_bytes(),
-                    props,
-                )
-                .await?,
-            );
+            let (keys, payloads): (Vec<String>, Vec<String>) =
+                match row.try_get::<Option<Vec<String>>, _>("events")? {
+                    Some(events) => (
+                        row.try_get::<Option<Vec<String>>, _>("routing_keys")?
+                            .unwrap_or_default(),
+                        events,
+                    ),
+                    None => (
+                        vec![row.try_get::<String, _>("routing_key")?],
+                        vec![row.try_get::<String, _>("payload")?],
+                    ),
+                };
+            for (key, payload) in keys.iter().zip(&payloads) {
+                let props = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_type("las.sync_event.v1".into());
+                confirms.push(
+                    ch.basic_publish(
+                        SYNC_EVENTS_EXCHANGE.into(),
+                        key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        payload.as_bytes(),
+                        props,
+                    )
+                    .await?,
+                );
+            }
             ids.push(id);
         }
+        let published = confirms.len();
         for c in confirms {
             if c.await?.is_nack() {
                 // Nothing is marked: the whole round is published again.
@@ -165,7 +190,7 @@ impl EventPublisher {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.metrics.events_published.inc_by(ids.len() as u64);
-        Ok(ids.len())
+        self.metrics.events_published.inc_by(published as u64);
+        Ok(published)
     }
 }

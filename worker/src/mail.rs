@@ -6,10 +6,13 @@
 //! with a recorded reason. Consuming LAS messages never waits for it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::watch;
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
+use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -268,6 +271,8 @@ pub struct Dispatcher {
     transport: Transport,
     metrics: Metrics,
     settings: DispatchSettings,
+    /// The database session whose pid marks this dispatcher's claims as alive.
+    session: Arc<Mutex<Option<PoolConnection<Postgres>>>>,
 }
 
 impl Dispatcher {
@@ -282,15 +287,18 @@ impl Dispatcher {
             transport,
             metrics,
             settings,
+            session: Arc::new(Mutex::new(None)),
         }
     }
 
     /// Claims due e-mails and sends them once each.
     pub async fn round(&self) -> Result<Round, crate::store::StoreError> {
-        let claimed = self
-            .store
-            .claim_emails(self.settings.batch, self.settings.lease)
-            .await?;
+        let claimed = {
+            let mut session = self.session.lock().await;
+            self.store
+                .claim_emails(&mut session, self.settings.batch, self.settings.lease)
+                .await?
+        };
         let mut round = Round::default();
         for e in &claimed {
             match self.transport.send(e).await {

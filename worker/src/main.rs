@@ -18,7 +18,7 @@ use las_worker::store::Store;
 use las_worker::{http, telemetry};
 use sqlx::migrate::MigrateDatabase;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 fn main() -> ExitCode {
     // TLS for the e-mail API (reqwest) uses ring, like sqlx and lapin.
@@ -232,7 +232,8 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     info!(database = %db, broker = %args.broker.amqp_url, metrics_addr = %args.metrics_addr, prefetch = args.prefetch,
-        batch_size = args.batch_size, batch_max_wait_ms = args.batch_max_wait_ms, "starting las-worker");
+        batch_size = args.batch_size, batch_max_wait_ms = args.batch_max_wait_ms,
+        batch_concurrency = args.batch_concurrency, "starting las-worker");
     let (tx, rx) = watch::channel(false);
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
@@ -292,6 +293,7 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         prefetch: args.prefetch,
         batch_size: args.batch_size,
         batch_max_wait: args.batch_max_wait(),
+        batch_concurrency: args.batch_concurrency,
         delivery_limit: args.broker.delivery_limit,
     };
     if args.mail.mail_dispatch && args.mail.mail_api_url.is_none() {
@@ -346,6 +348,13 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(publisher.run(rx.clone()))
     });
     let gauges = tokio::spawn(refresh_gauges(store.clone(), metrics.clone(), rx.clone()));
+    let analyze = (args.db_analyze_interval_ms > 0).then(|| {
+        tokio::spawn(keep_statistics(
+            store.clone(),
+            Duration::from_millis(args.db_analyze_interval_ms),
+            rx.clone(),
+        ))
+    });
     let changes = tokio::spawn(bus::run_consumer(
         QueueKind::Changes,
         settings.clone(),
@@ -377,6 +386,9 @@ async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         d.abort();
     }
     gauges.abort();
+    if let Some(a) = analyze {
+        a.abort();
+    }
     if let Some(e) = events {
         let _ = tokio::time::timeout(Duration::from_secs(10), e).await;
     }
@@ -516,6 +528,22 @@ fn until_after_local_midnight() -> Duration {
     match next.and_then(|n| tz.from_local_datetime(&n).earliest()) {
         Some(at) => (at - now).to_std().unwrap_or(Duration::from_secs(3600)),
         None => Duration::from_secs(3600),
+    }
+}
+
+/// Keeps the planner statistics of the portal's tables fresh while they grow
+/// (`Store::analyze_stale_tables`), so cached plans fit the tables' size.
+async fn keep_statistics(store: Store, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        match store.analyze_stale_tables().await {
+            Ok(tables) if !tables.is_empty() => debug!(?tables, "planner statistics refreshed"),
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "planner statistics not refreshed; trying again later"),
+        }
     }
 }
 

@@ -102,38 +102,29 @@ impl Pipeline {
         bodies: &[&[u8]],
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Vec<Disposition>, Interrupted> {
-        let parsed: Vec<Result<Inbound, Rejection>> =
-            bodies.iter().map(|b| inbound::parse(b)).collect();
-        let valid: Vec<(usize, Inbound)> = parsed
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().ok().map(|m| (i, m.clone())))
-            .collect();
-        let mut out: Vec<Option<Disposition>> = parsed
-            .iter()
-            .map(|p| match p {
-                Ok(_) => None,
-                Err(r) => {
-                    self.record_rejection("unknown", r);
-                    Some(Disposition::DeadLetter(r.clone()))
-                }
-            })
-            .collect();
-
+        let mut out: Vec<Option<Disposition>> = vec![None; bodies.len()];
+        // The valid messages and their positions in the batch.
+        let mut positions: Vec<usize> = Vec::with_capacity(bodies.len());
+        let mut msgs: Vec<Inbound> = Vec::with_capacity(bodies.len());
         // Rejections that never reach a transaction still become sync events
         // (reason codes only), before anything is acknowledged.
-        let unreadable: Vec<(Option<String>, Option<uuid::Uuid>, RejectReason)> = parsed
-            .iter()
-            .filter_map(|p| {
-                p.as_ref()
-                    .err()
-                    .map(|r| (r.brin.clone(), r.message_id, r.reason))
-            })
-            .collect();
+        let mut unreadable: Vec<(Option<String>, Option<uuid::Uuid>, RejectReason)> = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            match inbound::parse(body) {
+                Ok(m) => {
+                    positions.push(i);
+                    msgs.push(m);
+                }
+                Err(r) => {
+                    self.record_rejection("unknown", &r);
+                    unreadable.push((r.brin.clone(), r.message_id, r.reason));
+                    out[i] = Some(Disposition::DeadLetter(r));
+                }
+            }
+        }
         self.record_rejection_events(&unreadable, shutdown).await?;
 
-        if !valid.is_empty() {
-            let msgs: Vec<Inbound> = valid.iter().map(|(_, m)| m.clone()).collect();
+        if !msgs.is_empty() {
             let results = match self.apply_with_retry(&msgs, shutdown).await? {
                 Ok(outcomes) => outcomes,
                 Err(_) if msgs.len() > 1 => {
@@ -172,8 +163,16 @@ impl Pipeline {
             self.record_rejection_events(&refused_events, shutdown)
                 .await?;
             let now = chrono::Utc::now();
-            for ((i, m), outcome) in valid.iter().zip(results) {
-                let span = info_span!("message", message_id = %m.message_id(), brin = m.brin(), r#type = m.type_name());
+            for ((i, m), outcome) in positions.iter().zip(&msgs).zip(results) {
+                // The per-message span only when something will be logged in
+                // it: a rejection, or debug logging.
+                let span = if matches!(outcome, MessageOutcome::Rejected(_))
+                    || tracing::enabled!(tracing::Level::DEBUG)
+                {
+                    info_span!("message", message_id = %m.message_id(), brin = m.brin(), r#type = m.type_name())
+                } else {
+                    tracing::Span::none()
+                };
                 let _enter = span.enter();
                 self.metrics
                     .messages
@@ -284,6 +283,11 @@ impl Pipeline {
                 Ok((outcomes, effects)) => {
                     self.record_effects(&effects);
                     return Ok(Ok(outcomes));
+                }
+                Err(e @ StoreError::Conflict) => {
+                    // Not an outage: another batch won a race; apply again at once.
+                    self.metrics.retries.with_label_values(&["database"]).inc();
+                    info!(error = %e, "batch applied again after a concurrent insert");
                 }
                 Err(e) if e.is_transient() => {
                     self.metrics.retries.with_label_values(&["database"]).inc();

@@ -159,14 +159,19 @@ impl Decision {
 
     /// `R2:cleared:phone`, the form kept in the change journal.
     pub fn code(&self) -> String {
-        match self.field {
-            Some(f) => format!(
-                "{}:{}:{}",
-                self.rule.as_str(),
-                self.action.as_str(),
-                f.as_str()
-            ),
-            None => format!("{}:{}", self.rule.as_str(), self.action.as_str()),
+        let mut code = String::with_capacity(32);
+        self.write_code(&mut code);
+        code
+    }
+
+    /// Appends [`Decision::code`] to `out` (the journal writes many).
+    pub fn write_code(&self, out: &mut String) {
+        out.push_str(self.rule.as_str());
+        out.push(':');
+        out.push_str(self.action.as_str());
+        if let Some(f) = self.field {
+            out.push(':');
+            out.push_str(f.as_str());
         }
     }
 }
@@ -394,6 +399,34 @@ impl Status {
         }
     }
 }
+
+/// R9 and R12 for guardians, from the statuses of their students the portal
+/// knows (students it has not seen yet do not count): with an active student
+/// or no known student a guardian is active; with only held students (under
+/// 4, not imported) it is held; with only removed students it is deactivated
+/// (reason `all_students_removed`).
+pub fn guardian_status(students: &[Status]) -> Status {
+    if students.is_empty() || students.contains(&Status::Active) {
+        Status::Active
+    } else if students.contains(&Status::Held) {
+        Status::Held
+    } else {
+        Status::Deactivated
+    }
+}
+
+/// Whether R9/R12 may change a guardian's status from its students: not when
+/// the LAS removed the guardian itself (it stays deactivated until the LAS
+/// sends it again).
+pub fn guardian_follows_students(status: Status, deactivation_reason: Option<&str>) -> bool {
+    match status {
+        Status::Active | Status::Held => true,
+        Status::Deactivated => deactivation_reason == Some(ALL_STUDENTS_REMOVED),
+    }
+}
+
+/// Deactivation reason of a guardian whose students were all removed (R12).
+pub const ALL_STUDENTS_REMOVED: &str = "all_students_removed";
 
 /// A profile as the portal has it, as far as the import rules are concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -896,6 +929,9 @@ pub fn apply_removal(current: Option<&Profile>, version: i64) -> Outcome {
     let mut p = current.cloned().unwrap_or_else(Profile::empty);
     let mut decisions = Vec::new();
     p.in_intake = false;
+    // R12: a removed profile leaves every group; its LAS group keys go too, so
+    // a removal ends in the same state whether or not an upsert came first.
+    p.las_group_keys.clear();
     if p.status != Status::Deactivated {
         decisions.push(Decision::new(Rule::R12, Action::Deactivated, None));
     }
@@ -1014,6 +1050,35 @@ pub fn link_settings(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r9_r12_guardian_status_follows_known_students() {
+        use Status::*;
+        assert_eq!(guardian_status(&[]), Active, "no known student yet");
+        assert_eq!(guardian_status(&[Held, Active]), Active);
+        assert_eq!(guardian_status(&[Deactivated, Active]), Active);
+        assert_eq!(
+            guardian_status(&[Held, Held]),
+            Held,
+            "R9: only children under 4"
+        );
+        assert_eq!(guardian_status(&[Held, Deactivated]), Held);
+        assert_eq!(
+            guardian_status(&[Deactivated]),
+            Deactivated,
+            "R12: all removed"
+        );
+        assert!(guardian_follows_students(Active, None));
+        assert!(guardian_follows_students(Held, None));
+        assert!(guardian_follows_students(
+            Deactivated,
+            Some(ALL_STUDENTS_REMOVED)
+        ));
+        assert!(
+            !guardian_follows_students(Deactivated, Some("removed_in_las")),
+            "R12: a guardian the LAS removed stays removed"
+        );
+    }
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()
@@ -1404,9 +1469,17 @@ mod tests {
             },
             3,
         );
+        let cur = Profile {
+            las_group_keys: vec!["G3".to_owned()],
+            ..cur
+        };
         let a = applied(apply_removal(Some(&cur), 4));
         assert_eq!(a.profile.status, Status::Deactivated);
         assert_eq!(a.group_keys, Some(vec![]));
+        assert!(
+            a.profile.las_group_keys.is_empty(),
+            "the same state as a removal that arrives before the upsert"
+        );
         assert!(has(&a, Rule::R12, Action::Deactivated, None));
         assert_eq!(a.profile.contact.first_name.as_deref(), Some("Piet"));
     }
@@ -1495,6 +1568,24 @@ mod tests {
                 !code.contains("Anna") && !code.contains("a@b.nl") && !code.contains("0301234567")
             );
         }
+    }
+
+    #[test]
+    fn decision_codes_are_rule_action_and_field() {
+        let a = applied(ap(
+            None,
+            &guardian(s("a@b.nl"), s("0301234567")),
+            1,
+            &school(LasSystem::Esis),
+        ));
+        for d in &a.decisions {
+            let want = match d.field {
+                Some(f) => format!("{}:{}:{}", d.rule.as_str(), d.action.as_str(), f.as_str()),
+                None => format!("{}:{}", d.rule.as_str(), d.action.as_str()),
+            };
+            assert_eq!(d.code(), want);
+        }
+        assert!(a.decisions.iter().any(|d| d.field.is_some()));
     }
 
     fn source(system: LasSystem, env: &str, label: Option<&str>) -> las_contracts::LasSource {

@@ -23,6 +23,10 @@ pub enum StoreError {
     /// retry the same work later; never dead-letter because of it.
     #[error("database unavailable: {0}")]
     Transient(#[source] sqlx::Error),
+    /// A concurrent batch created a profile this batch was about to create:
+    /// the batch is rolled back and applied again, and then sees that row.
+    #[error("a concurrent batch created the same profile; the batch is applied again")]
+    Conflict,
     /// The database refused the data itself; retrying will not help.
     #[error("database refused the change: SQLSTATE {code}{}", constraint.as_deref().map(|c| format!(", constraint {c}")).unwrap_or_default())]
     Permanent {
@@ -35,7 +39,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient(_))
+        matches!(self, StoreError::Transient(_) | StoreError::Conflict)
     }
 }
 
@@ -126,7 +130,8 @@ pub struct BatchEffects {
 /// Sync events for the outbox (ids, LAS keys, field names; never values).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Events {
-    rows: Vec<(Uuid, String, serde_json::Value)>,
+    /// (routing key, event as JSON), in the order they happened.
+    rows: Vec<(String, String)>,
 }
 
 impl Events {
@@ -158,8 +163,8 @@ impl Events {
             if brin.is_empty() { "unknown" } else { brin },
             event_type.as_str()
         );
-        if let Ok(payload) = serde_json::to_value(&event) {
-            self.rows.push((event.event_id, key, payload));
+        if let Ok(payload) = serde_json::to_string(&event) {
+            self.rows.push((key, payload));
         }
     }
 
@@ -171,21 +176,20 @@ impl Events {
         self.rows.is_empty()
     }
 
-    /// Writes the events into the outbox, in the caller's transaction.
+    /// Writes the events into the outbox, in the caller's transaction: one
+    /// row holding all of them, in order (one row and one update per batch,
+    /// not per change).
     pub async fn write(&mut self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = self.rows.iter().map(|r| r.0).collect();
-        let keys: Vec<&str> = self.rows.iter().map(|r| r.1.as_str()).collect();
-        let payloads: Vec<serde_json::Value> = self.rows.iter().map(|r| r.2.clone()).collect();
+        let keys: Vec<&str> = self.rows.iter().map(|r| r.0.as_str()).collect();
+        let events: Vec<&str> = self.rows.iter().map(|r| r.1.as_str()).collect();
         sqlx::query(
-            "INSERT INTO event_outbox (event_id, routing_key, payload)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[])",
+            "INSERT INTO event_outbox (routing_keys, events) VALUES ($1, $2::text[]::jsonb[])",
         )
-        .bind(&ids)
         .bind(&keys)
-        .bind(&payloads)
+        .bind(&events)
         .execute(&mut **tx)
         .await?;
         self.rows.clear();
@@ -216,6 +220,8 @@ struct ProfileSlot {
     student_keys: Option<Vec<String>>,
     removed: bool,
     message_id: Option<Uuid>,
+    /// Inserted by this batch with its final values (no update needed).
+    inserted: bool,
 }
 
 impl Store {
@@ -273,6 +279,11 @@ impl Store {
     ) -> Result<(Transaction<'c, Postgres>, Vec<MessageOutcome>, BatchEffects), StoreError> {
         let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; msgs.len()];
         let mut effects = BatchEffects::default();
+        // Statements use PostgreSQL's plan cache. Its generic plans are only
+        // as good as the tables' statistics: `analyze_stale_tables` keeps
+        // them fresh during a large first run (a plan cached while the
+        // portal was small once took a 1M-message drain from 6,000 to 750
+        // msg/s).
 
         // Links first: a school linked in this batch is known to its changes.
         for (i, m) in msgs.iter().enumerate() {
@@ -745,13 +756,14 @@ impl Journal {
         self.kind.push(kind.to_owned());
         self.las_key.push(las_key.to_owned());
         self.version.push(version);
-        self.decisions.push(
-            decisions
-                .iter()
-                .map(Decision::code)
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        let mut codes = String::with_capacity(decisions.len() * 24);
+        for (i, d) in decisions.iter().enumerate() {
+            if i > 0 {
+                codes.push(',');
+            }
+            d.write_code(&mut codes);
+        }
+        self.decisions.push(codes);
     }
 
     async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
@@ -826,17 +838,6 @@ async fn apply_profiles(
     let k_school: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let k_kind: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let k_key: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO profiles (school_id, kind, las_key, status)
-         SELECT s, k, l, 'pending' FROM UNNEST($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS t(s, k, l, n)
-         ORDER BY n
-         ON CONFLICT (school_id, kind, las_key) DO NOTHING",
-    )
-    .bind(&k_school)
-    .bind(&k_kind)
-    .bind(&k_key)
-    .execute(&mut **tx)
-    .await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.version, p.data_version, p.email_version, p.role,
                 p.las_group_keys, p.in_intake, {CONTACT_COLUMNS}
@@ -882,8 +883,25 @@ async fn apply_profiles(
                 student_keys: None,
                 removed: false,
                 message_id: None,
+                inserted: false,
             },
         );
+    }
+
+    // Keys the portal does not have yet: inserted with their final values
+    // after the rules ran (id 0 until then).
+    for key in &keys {
+        slots.entry(key.clone()).or_insert(ProfileSlot {
+            id: 0,
+            current: None,
+            state: None,
+            was_status: None,
+            group_keys: None,
+            student_keys: None,
+            removed: false,
+            message_id: None,
+            inserted: false,
+        });
     }
 
     // Version order per entity: the result equals in-order arrival.
@@ -954,6 +972,34 @@ async fn apply_profiles(
                 }
                 slot.message_id = Some(c.message_id);
                 outcomes[*i] = Some(MessageOutcome::Applied { decisions });
+            }
+        }
+    }
+
+    // New profiles in one statement, in key order (as concurrent writers
+    // insert them), with their final values. A key another transaction
+    // inserted since this one looked conflicts: the batch is retried, and
+    // then sees that row.
+    let mut new_rows = ProfileWrite::default();
+    for (key, slot) in &slots {
+        if slot.id == 0
+            && slot.message_id.is_some()
+            && let Some(state) = &slot.state
+        {
+            new_rows.push_new(key, slot, state);
+        }
+    }
+    if !new_rows.id.is_empty() {
+        let inserted = new_rows.insert(tx).await?;
+        if inserted.len() != new_rows.id.len() {
+            return Err(StoreError::Conflict);
+        }
+        for (id, school_id, kind, key) in inserted {
+            if let Some(kind) = ProfileKind::parse(&kind)
+                && let Some(slot) = slots.get_mut(&(school_id, kind, key))
+            {
+                slot.id = id;
+                slot.inserted = true;
             }
         }
     }
@@ -1035,7 +1081,9 @@ async fn apply_profiles(
                 );
             }
         }
-        w.push(slot, state);
+        if !slot.inserted {
+            w.push(slot, state);
+        }
         if let Some(groups) = &slot.group_keys {
             if groups.iter().any(|g| g == rules::INTAKE_GROUP_KEY) {
                 intake_schools.insert(*school_id);
@@ -1086,6 +1134,10 @@ async fn ensure_intake_groups(
 #[derive(Default)]
 struct ProfileWrite {
     id: Vec<i64>,
+    // Only for new profiles.
+    school_id: Vec<i64>,
+    kind: Vec<&'static str>,
+    las_key: Vec<String>,
     las_group_keys: Vec<String>,
     in_intake: Vec<bool>,
     status: Vec<&'static str>,
@@ -1108,6 +1160,49 @@ struct ProfileWrite {
 }
 
 impl ProfileWrite {
+    fn push_new(&mut self, key: &Key, slot: &ProfileSlot, p: &Profile) {
+        self.school_id.push(key.0);
+        self.kind.push(key.1.as_str());
+        self.las_key.push(key.2.clone());
+        self.push(slot, p);
+    }
+
+    /// Inserts new profiles in key order; returns (id, school, kind, key) of
+    /// the rows inserted (a key that exists by now is left out).
+    async fn insert(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<Vec<(i64, i64, String, String)>, StoreError> {
+        let q = sqlx::query_as(
+            "INSERT INTO profiles (school_id, kind, las_key, status, version, role, last_message_id,
+                first_name, name_prefix, last_name, birth_date, street, postcode, city,
+                phone, mobile, emergency_phone, email, data_version, email_version,
+                las_group_keys, in_intake, deactivated_at, deactivation_reason)
+             SELECT sc, kd, lk, status, version, role, message_id,
+                first_name, name_prefix, last_name, birth_date, street, postcode, city,
+                phone, mobile, emergency_phone, email, data_version, email_version,
+                CASE WHEN lg = '' THEN '{}'::text[] ELSE string_to_array(lg, chr(31)) END, in_intake,
+                CASE WHEN status = 'deactivated' THEN now() END,
+                CASE WHEN status = 'deactivated' THEN 'removed_in_las' END
+             FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                         $8::date[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                         $16::int8[], $17::int8[], $18::text[], $19::bool[], $20::int8[], $21::text[], $22::text[])
+                  AS t(status, version, role, message_id, first_name, name_prefix, last_name,
+                       birth_date, street, postcode, city, phone, mobile, emergency_phone, email, data_version, email_version,
+                       lg, in_intake, sc, kd, lk)
+             ORDER BY sc, kd, lk
+             ON CONFLICT (school_id, kind, las_key) DO NOTHING
+             RETURNING id, school_id, kind, las_key",
+        );
+        Ok(self
+            .bind_columns(q)
+            .bind(&self.school_id)
+            .bind(&self.kind)
+            .bind(&self.las_key)
+            .fetch_all(&mut **tx)
+            .await?)
+    }
+
     fn push(&mut self, slot: &ProfileSlot, p: &Profile) {
         self.id.push(slot.id);
         self.las_group_keys.push(p.las_group_keys.join(KEY_SEP));
@@ -1136,7 +1231,7 @@ impl ProfileWrite {
         if self.id.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        let q = sqlx::query(
             "UPDATE profiles p SET
                 status = t.status, version = t.version, role = t.role, last_message_id = t.message_id,
                 first_name = t.first_name, name_prefix = t.name_prefix, last_name = t.last_name,
@@ -1157,29 +1252,51 @@ impl ProfileWrite {
                        lg, in_intake)
              WHERE p.id = t.id",
         )
-        .bind(&self.id)
-        .bind(&self.status)
-        .bind(&self.version)
-        .bind(&self.role)
-        .bind(&self.message_id)
-        .bind(&self.first_name)
-        .bind(&self.name_prefix)
-        .bind(&self.last_name)
-        .bind(&self.birth_date)
-        .bind(&self.street)
-        .bind(&self.postcode)
-        .bind(&self.city)
-        .bind(&self.phone)
-        .bind(&self.mobile)
-        .bind(&self.emergency_phone)
-        .bind(&self.email)
-        .bind(&self.data_version)
-        .bind(&self.email_version)
-        .bind(&self.las_group_keys)
-        .bind(&self.in_intake)
-        .execute(&mut **tx)
-        .await?;
+        .bind(&self.id);
+        self.bind_columns(q).execute(&mut **tx).await?;
         Ok(())
+    }
+
+    /// Binds the imported and bookkeeping columns, in the order both
+    /// statements list them (status .. in_intake).
+    fn bind_columns<'q, Q: BindColumns<'q>>(&'q self, q: Q) -> Q {
+        q.bind_col(&self.status)
+            .bind_col(&self.version)
+            .bind_col(&self.role)
+            .bind_col(&self.message_id)
+            .bind_col(&self.first_name)
+            .bind_col(&self.name_prefix)
+            .bind_col(&self.last_name)
+            .bind_col(&self.birth_date)
+            .bind_col(&self.street)
+            .bind_col(&self.postcode)
+            .bind_col(&self.city)
+            .bind_col(&self.phone)
+            .bind_col(&self.mobile)
+            .bind_col(&self.emergency_phone)
+            .bind_col(&self.email)
+            .bind_col(&self.data_version)
+            .bind_col(&self.email_version)
+            .bind_col(&self.las_group_keys)
+            .bind_col(&self.in_intake)
+    }
+}
+
+/// `bind` of both of sqlx's statement kinds, so that one column list
+/// (`ProfileWrite::bind_columns`) serves the insert and the update.
+trait BindColumns<'q>: Sized {
+    fn bind_col<T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>>(self, v: T) -> Self;
+}
+
+impl<'q> BindColumns<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn bind_col<T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>>(self, v: T) -> Self {
+        self.bind(v)
+    }
+}
+
+impl<'q, O> BindColumns<'q> for sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_col<T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>>(self, v: T) -> Self {
+        self.bind(v)
     }
 }
 
@@ -1301,6 +1418,12 @@ impl Links {
     }
 }
 
+/// Planner settings for key-driven statements (transaction-local).
+const PROBES_ONLY: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+                           SET LOCAL enable_mergejoin = off";
+const PLANNER_DEFAULTS: &str =
+    "RESET enable_seqscan; RESET enable_hashjoin; RESET enable_mergejoin";
+
 /// R9 and R12 for guardians, from their students: a guardian with an active
 /// student is active; one whose known students are all held (under 4, not
 /// imported) is held; one whose students are all removed is deactivated with
@@ -1316,44 +1439,123 @@ async fn reconcile_guardians(
     if students.is_empty() && guardians.is_empty() {
         return Ok(());
     }
-    let changed: Vec<(String, String, String, String)> = sqlx::query_as(
-        "WITH cand AS (
-             SELECT g.id FROM profiles s
-             JOIN guardian_students gs ON gs.school_id = s.school_id AND gs.student_key = s.las_key
-             JOIN profiles g ON g.school_id = gs.school_id AND g.kind = 'guardian' AND g.las_key = gs.guardian_key
-             WHERE s.id = ANY($1)
-             UNION
-             SELECT unnest($2::int8[])
-         ), calc AS (
-             SELECT g.id,
-                    count(s.id) AS known,
-                    coalesce(bool_or(s.status = 'active'), false) AS any_active,
-                    coalesce(bool_or(s.status = 'held'), false) AS any_held
-             FROM profiles g
-             JOIN guardian_students gs ON gs.school_id = g.school_id AND gs.guardian_key = g.las_key
-             LEFT JOIN profiles s ON s.school_id = gs.school_id AND s.kind = 'student'
-                  AND s.las_key = gs.student_key AND s.status <> 'pending'
-             WHERE g.id IN (SELECT id FROM cand) AND g.kind = 'guardian'
-               AND (g.status IN ('active', 'held')
-                    OR (g.status = 'deactivated' AND g.deactivation_reason = 'all_students_removed'))
-             GROUP BY g.id
-         ), target AS (
-             SELECT c.id, p.status AS was, CASE WHEN known = 0 OR any_active THEN 'active'
-                             WHEN any_held THEN 'held' ELSE 'deactivated' END AS st
-             FROM calc c JOIN profiles p ON p.id = c.id
-         )
-         UPDATE profiles g SET status = t.st,
-                deactivated_at = CASE WHEN t.st = 'deactivated' THEN COALESCE(g.deactivated_at, now()) END,
-                deactivation_reason = CASE WHEN t.st = 'deactivated' THEN 'all_students_removed' END,
-                updated_at = now()
-         FROM target t
-         WHERE g.id = t.id AND g.status <> t.st
-         RETURNING t.st, t.was, g.las_key, (SELECT brin FROM schools WHERE id = g.school_id)",
+    // Every statement is driven by the batch's ids or keys through an index.
+    // A fresh portal database has no statistics (and autovacuum may be off);
+    // then the planner may scan all guardians per batch, a cost that grows
+    // with the table. The rule itself is `rules::guardian_status`.
+    sqlx::raw_sql(PROBES_ONLY).execute(&mut **tx).await?;
+    // The guardians of the students that changed.
+    let linked: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT gs.school_id, gs.guardian_key
+         FROM profiles s
+         JOIN guardian_students gs ON gs.school_id = s.school_id AND gs.student_key = s.las_key
+         WHERE s.id = ANY($1) AND s.kind = 'student'",
     )
     .bind(students)
-    .bind(guardians)
     .fetch_all(&mut **tx)
     .await?;
+    let (l_school, l_key): (Vec<i64>, Vec<String>) = linked.into_iter().unzip();
+    // The kind comes from the UNNEST too (not a constant): a constant makes an
+    // unanalyzed planner guess "one guardian" and scan them all.
+    let l_kind = vec!["guardian"; l_key.len()];
+    let rows: Vec<(i64, i64, String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT g.id, g.school_id, g.las_key, g.status, g.deactivation_reason, s.brin
+         FROM UNNEST($1::int8[], $4::text[], $2::text[]) AS u(s, kd, k)
+         JOIN profiles g ON g.school_id = u.s AND g.kind = u.kd AND g.las_key = u.k
+         JOIN schools s ON s.id = g.school_id
+         UNION
+         SELECT g.id, g.school_id, g.las_key, g.status, g.deactivation_reason, s.brin
+         FROM profiles g JOIN schools s ON s.id = g.school_id
+         WHERE g.id = ANY($3) AND g.kind = 'guardian'",
+    )
+    .bind(&l_school)
+    .bind(&l_key)
+    .bind(guardians)
+    .bind(&l_kind)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut cands: Vec<(i64, i64, String, Status, String)> = rows
+        .into_iter()
+        .filter_map(|(id, school, key, status, reason, brin)| {
+            let status = status_of(&status)?;
+            rules::guardian_follows_students(status, reason.as_deref())
+                .then_some((id, school, key, status, brin))
+        })
+        .collect();
+    // Updated in id order, as rows are locked everywhere else.
+    cands.sort_by_key(|c| c.0);
+    if cands.is_empty() {
+        sqlx::raw_sql(PLANNER_DEFAULTS).execute(&mut **tx).await?;
+        return Ok(());
+    }
+    let c_school: Vec<i64> = cands.iter().map(|c| c.1).collect();
+    let c_key: Vec<&str> = cands.iter().map(|c| c.2.as_str()).collect();
+    let links: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT gs.school_id, gs.guardian_key, gs.student_key
+         FROM UNNEST($1::int8[], $2::text[]) AS u(s, k)
+         JOIN guardian_students gs ON gs.school_id = u.s AND gs.guardian_key = u.k",
+    )
+    .bind(&c_school)
+    .bind(&c_key)
+    .fetch_all(&mut **tx)
+    .await?;
+    let s_school: Vec<i64> = links.iter().map(|l| l.0).collect();
+    let s_key: Vec<&str> = links.iter().map(|l| l.2.as_str()).collect();
+    let known: HashMap<(i64, String), Status> = sqlx::query_as::<_, (i64, String, String)>(
+        "SELECT p.school_id, p.las_key, p.status
+         FROM UNNEST($1::int8[], $3::text[], $2::text[]) AS u(s, kd, k)
+         JOIN profiles p ON p.school_id = u.s AND p.kind = u.kd AND p.las_key = u.k",
+    )
+    .bind(&s_school)
+    .bind(&s_key)
+    .bind(vec!["student"; s_key.len()])
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .filter_map(|(school, key, status)| Some(((school, key), status_of(&status)?)))
+    .collect();
+    let mut students_of: HashMap<(i64, &str), Vec<Status>> = HashMap::new();
+    for (school, guardian, student) in &links {
+        let entry = students_of.entry((*school, guardian.as_str())).or_default();
+        if let Some(st) = known.get(&(*school, student.clone())) {
+            entry.push(*st);
+        }
+    }
+    let mut changed: Vec<(String, String, String, String)> = Vec::new();
+    let (mut u_id, mut u_status): (Vec<i64>, Vec<&'static str>) = (Vec::new(), Vec::new());
+    for (id, school, key, was, brin) in &cands {
+        // A guardian without links keeps its status.
+        let Some(statuses) = students_of.get(&(*school, key.as_str())) else {
+            continue;
+        };
+        let target = rules::guardian_status(statuses);
+        if target != *was {
+            u_id.push(*id);
+            u_status.push(target.as_str());
+            changed.push((
+                target.as_str().to_owned(),
+                was.as_str().to_owned(),
+                key.clone(),
+                brin.clone(),
+            ));
+        }
+    }
+    if !u_id.is_empty() {
+        sqlx::query(
+            "UPDATE profiles g SET status = t.st,
+                    deactivated_at = CASE WHEN t.st = 'deactivated' THEN COALESCE(g.deactivated_at, now()) END,
+                    deactivation_reason = CASE WHEN t.st = 'deactivated' THEN $3 END,
+                    updated_at = now()
+             FROM UNNEST($1::int8[], $2::text[]) AS t(id, st)
+             WHERE g.id = t.id",
+        )
+        .bind(&u_id)
+        .bind(&u_status)
+        .bind(rules::ALL_STUDENTS_REMOVED)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::raw_sql(PLANNER_DEFAULTS).execute(&mut **tx).await?;
     for (st, was, key, brin) in changed {
         use las_contracts::SyncEventType as E;
         let label = match st.as_str() {
@@ -1367,7 +1569,7 @@ async fn reconcile_guardians(
             ("deactivated", "active") => Some((E::ProfileReactivated, None)),
             ("active", "deactivated") => Some((
                 E::ProfileDeactivated,
-                Some("all_students_removed".to_owned()),
+                Some(rules::ALL_STUDENTS_REMOVED.to_owned()),
             )),
             _ => None,
         };
@@ -1929,6 +2131,11 @@ impl Store {
         sqlx::query("DELETE FROM event_outbox WHERE published_at < now() - interval '7 days'")
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "DELETE FROM dead_lettered WHERE dead_lettered_at < now() - interval '30 days'",
+        )
+        .execute(&mut *tx)
+        .await?;
         effects.events.write(&mut tx).await?;
         sqlx::query(
             "INSERT INTO daily_jobs (job, last_run_date) VALUES ('intake', $1)
@@ -2226,20 +2433,33 @@ pub struct SuggestionView {
 
 impl Store {
     /// Claims due e-mails: pending ones whose time has come, and ones another
-    /// dispatcher claimed but did not finish within its lease (it crashed).
-    /// `SKIP LOCKED` lets replicas share the outbox.
+    /// dispatcher claimed but cannot finish: its database session is gone
+    /// (its process died, so it is taken over at once) or, as a fallback, its
+    /// lease ran out. `SKIP LOCKED` lets replicas share the outbox.
+    ///
+    /// The claim runs on `session`, a connection the dispatcher keeps for as
+    /// long as it lives: its backend pid marks the claims as alive. It is
+    /// taken from the pool when empty and dropped after an error.
     pub async fn claim_emails(
         &self,
+        session: &mut Option<sqlx::pool::PoolConnection<Postgres>>,
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<OutboxEmail>, StoreError> {
-        Ok(sqlx::query_as(
+        let conn = match session {
+            Some(conn) => conn,
+            None => session.insert(self.pool.acquire().await.map_err(classify)?),
+        };
+        let claimed = sqlx::query_as(
             "UPDATE email_outbox SET status = 'sending', attempts = attempts + 1,
-                    claimed_until = now() + make_interval(secs => $2)
+                    claimed_until = now() + make_interval(secs => $2),
+                    claimed_by_pid = pg_backend_pid()
              WHERE id IN (
-                 SELECT id FROM email_outbox
+                 SELECT id FROM email_outbox e
                  WHERE (status = 'pending' AND next_attempt_at <= now())
-                    OR (status = 'sending' AND claimed_until < now())
+                    OR (status = 'sending' AND (claimed_until < now()
+                        OR (claimed_by_pid IS NOT NULL AND NOT EXISTS
+                            (SELECT 1 FROM pg_stat_activity a WHERE a.pid = e.claimed_by_pid))))
                  ORDER BY next_attempt_at, id
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
@@ -2247,14 +2467,18 @@ impl Store {
         )
         .bind(limit)
         .bind(lease.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&mut **conn)
+        .await;
+        if claimed.is_err() {
+            *session = None;
+        }
+        Ok(claimed?)
     }
 
     pub async fn email_sent(&self, id: i64, provider_id: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE email_outbox SET status = 'sent', sent_at = now(), provider_message_id = $2,
-                    claimed_until = NULL, last_error = NULL
+                    claimed_until = NULL, claimed_by_pid = NULL, last_error = NULL
              WHERE id = $1",
         )
         .bind(id)
@@ -2271,7 +2495,7 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE email_outbox SET status = 'pending', claimed_until = NULL, last_error = $3,
+            "UPDATE email_outbox SET status = 'pending', claimed_until = NULL, claimed_by_pid = NULL, last_error = $3,
                     next_attempt_at = now() + make_interval(secs => $2)
              WHERE id = $1 AND status = 'sending'",
         )
@@ -2285,7 +2509,7 @@ impl Store {
 
     pub async fn email_failed(&self, id: i64, reason: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE email_outbox SET status = 'failed', claimed_until = NULL, last_error = $2 WHERE id = $1",
+            "UPDATE email_outbox SET status = 'failed', claimed_until = NULL, claimed_by_pid = NULL, last_error = $2 WHERE id = $1",
         )
         .bind(id)
         .bind(reason)
@@ -2704,6 +2928,69 @@ impl Store {
         Ok(Some((id, n, effects)))
     }
 
+    /// Refreshes the planner statistics of the worker's tables that changed
+    /// by more than autovacuum's analyze threshold (50 rows + 10%) since
+    /// their last `ANALYZE`, and returns their names. Cached generic plans
+    /// are re-planned from the new statistics. Where autovacuum runs, it
+    /// usually got there first and this finds nothing; where it is off or
+    /// slower than a first run of a school board, this keeps the plans
+    /// right. One replica at a time (an advisory lock); a table the
+    /// database user does not own is skipped by PostgreSQL with a warning.
+    pub async fn analyze_stale_tables(&self) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mine: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('las-worker analyze'))")
+                .fetch_one(&mut *tx)
+                .await?;
+        if !mine {
+            return Ok(Vec::new());
+        }
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT relname::text FROM pg_stat_user_tables
+             WHERE schemaname = current_schema()
+               AND n_mod_since_analyze > 50 + 0.1 * GREATEST(n_live_tup, 0)
+             ORDER BY n_mod_since_analyze DESC",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for table in &stale {
+            let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {quoted}")))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stale)
+    }
+
+    /// Which of these delivery digests were dead-lettered before (and
+    /// confirmed by the broker).
+    pub async fn dead_lettered(&self, digests: &[Vec<u8>]) -> Result<HashSet<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT digest FROM dead_lettered WHERE digest = ANY($1)")
+                .bind(digests)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    /// Records deliveries the broker confirmed in the dead-letter queue.
+    pub async fn record_dead_lettered(&self, marks: &[(Vec<u8>, &str)]) -> Result<(), StoreError> {
+        let digests: Vec<&[u8]> = marks.iter().map(|m| m.0.as_slice()).collect();
+        let reasons: Vec<&str> = marks.iter().map(|m| m.1).collect();
+        sqlx::query(
+            "INSERT INTO dead_lettered (digest, reason_code)
+             SELECT * FROM UNNEST($1::bytea[], $2::text[]) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(&digests)
+        .bind(&reasons)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Events for messages rejected before they reached a transaction
     /// (unreadable or invalid): reason codes only.
     pub async fn record_rejections(
@@ -2787,5 +3074,11 @@ mod tests {
         assert!(classify(sqlx::Error::PoolTimedOut).is_transient());
         assert!(classify(sqlx::Error::Io(std::io::Error::other("reset"))).is_transient());
         assert!(!classify(sqlx::Error::RowNotFound).is_transient());
+    }
+
+    #[test]
+    fn a_lost_insert_race_is_retried_and_not_called_an_outage() {
+        assert!(StoreError::Conflict.is_transient());
+        assert!(!StoreError::Conflict.to_string().contains("unavailable"));
     }
 }

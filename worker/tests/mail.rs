@@ -4,44 +4,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use backon::ExponentialBuilder;
+use common::Db;
 use las_worker::mail::{DispatchSettings, Dispatcher, HttpTransport, Transport};
 use las_worker::metrics::Metrics;
 use las_worker::store::Store;
-use sqlx::PgPool;
 use wiremock::matchers::{header, header_exists, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-struct Db {
-    name: String,
-    pool: PgPool,
-}
-
 impl Db {
-    async fn new() -> Db {
-        let name = format!(
-            "lasw_mail_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let admin = PgPool::connect(ADMIN).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {ADMIN}: {e}; start it and run the tests again")
-        });
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let pool = PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-            .await
-            .unwrap();
-        Store::from_pool(pool.clone()).migrate().await.unwrap();
-        Db { name, pool }
-    }
-
     /// One school and `n` pending e-mails; returns their ids.
     async fn outbox(&self, n: usize) -> Vec<i64> {
         let school: i64 = sqlx::query_scalar("INSERT INTO schools (brin, las_system, environment_id) VALUES ('12AB', 'parnassys', 'env') RETURNING id")
@@ -72,21 +47,6 @@ impl Db {
             .fetch_one(&self.pool)
             .await
             .unwrap()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args([
-                ADMIN,
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
     }
 }
 
@@ -137,7 +97,7 @@ async fn rounds_until(d: &Dispatcher, db: &Db, id: i64, done: &str) {
 
 #[tokio::test]
 async fn r10_200_is_sent_once_with_idempotency_key_and_token() {
-    let db = Db::new().await;
+    let db = Db::new("lasw_mail").await;
     let ids = db.outbox(1).await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -185,7 +145,7 @@ impl Respond for Sequence {
 
 #[tokio::test]
 async fn r10_429_then_200_is_retried_and_sent() {
-    let db = Db::new().await;
+    let db = Db::new("lasw_mail").await;
     let ids = db.outbox(1).await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -208,7 +168,7 @@ async fn r10_429_then_200_is_retried_and_sent() {
 
 #[tokio::test]
 async fn r10_500s_are_retried_until_success() {
-    let db = Db::new().await;
+    let db = Db::new("lasw_mail").await;
     let ids = db.outbox(1).await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -245,7 +205,7 @@ async fn r10_500s_are_retried_until_success() {
 
 #[tokio::test]
 async fn r10_400_is_given_up_with_a_reason() {
-    let db = Db::new().await;
+    let db = Db::new("lasw_mail").await;
     let ids = db.outbox(1).await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -276,7 +236,7 @@ async fn r10_400_is_given_up_with_a_reason() {
 
 #[tokio::test]
 async fn r10_timeout_is_retried() {
-    let db = Db::new().await;
+    let db = Db::new("lasw_mail").await;
     let ids = db.outbox(1).await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -303,7 +263,7 @@ async fn r10_timeout_is_retried() {
 
 #[tokio::test]
 async fn r10_a_claim_abandoned_by_a_crashed_dispatcher_is_taken_over() {
-    let db = Db::new().await;
+    let db = Db::new("lasw_mail").await;
     let ids = db.outbox(1).await;
     // Another dispatcher claimed it and died: its lease has run out.
     sqlx::query("UPDATE email_outbox SET status = 'sending', attempts = 1, claimed_until = now() - interval '1 second' WHERE id = $1")
@@ -319,4 +279,48 @@ async fn r10_a_claim_abandoned_by_a_crashed_dispatcher_is_taken_over() {
         .await;
     let (d, _) = dispatcher(&db, &server, Duration::from_secs(5)).await;
     rounds_until(&d, &db, ids[0], "sent").await;
+}
+
+/// A claim whose database session is gone (its dispatcher was killed) is
+/// taken over at once, long before its lease runs out; a claim whose session
+/// lives is left alone.
+#[tokio::test]
+async fn r10_a_claim_of_a_killed_dispatcher_is_taken_over_at_once_a_live_one_is_not() {
+    use sqlx::Connection;
+    let db = Db::new("lasw_mail").await;
+    let ids = db.outbox(2).await;
+    let url = db.url();
+    let claim = "UPDATE email_outbox SET status = 'sending', attempts = 1, claimed_until = now() + interval '1 hour', claimed_by_pid = pg_backend_pid() WHERE id = $1";
+    let mut dead = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(claim)
+        .bind(ids[0])
+        .execute(&mut dead)
+        .await
+        .unwrap();
+    let mut alive = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(claim)
+        .bind(ids[1])
+        .execute(&mut alive)
+        .await
+        .unwrap();
+    // The first claimer's process dies: its session ends with it.
+    dead.close().await.unwrap();
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let (d, _) = dispatcher(&db, &server, Duration::from_secs(5)).await;
+    rounds_until(&d, &db, ids[0], "sent").await;
+    for _ in 0..5 {
+        d.round().await.unwrap();
+    }
+    assert_eq!(
+        db.state(ids[1]).await.0,
+        "sending",
+        "the live dispatcher's claim stays its own"
+    );
+    alive.close().await.unwrap();
 }

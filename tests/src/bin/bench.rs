@@ -65,7 +65,6 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 /// The worker's defaults (README "Configuration"); the raw consumer uses them too.
@@ -1007,7 +1006,14 @@ impl World {
     }
 
     fn database_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.database)
+        // BENCH_DB_PARAMS: extra connection parameters of the measured worker,
+        // e.g. `sslmode=disable`.
+        match std::env::var("BENCH_DB_PARAMS") {
+            Ok(p) if !p.is_empty() => {
+                format!("postgres://postgres@127.0.0.1:5432/{}?{p}", self.database)
+            }
+            _ => format!("postgres://postgres@127.0.0.1:5432/{}", self.database),
+        }
     }
 
     fn amqp_url(&self) -> String {
@@ -1189,23 +1195,7 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.ok()?;
-        let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
+    tokio::time::timeout(Duration::from_secs(5), las_e2e::http_get_port(port, path))
         .await
         .ok()
         .flatten()
@@ -1731,10 +1721,12 @@ async fn phase_drain(
     let dead = w.queue_depth(DEAD_LETTER_QUEUE).await?;
     let unique = n - e.duplicate;
     let mut problems = Vec::new();
-    // One consumer applies in queue order, so every outcome is exact. With
-    // replicas an update may overtake its export (the older one is then the
-    // stale one): only applied + stale is fixed; the final state is the same.
-    let (applied, stale, want_applied, want_stale) = if replicas > 1 {
+    // One transaction at a time applies in queue order, so every outcome is
+    // exact. With replicas or concurrent batches (BATCH_CONCURRENCY > 1, the
+    // worker's default) an update may overtake its export (the older one is
+    // then the stale one): only applied + stale is fixed; the final state is
+    // the same.
+    let (applied, stale, want_applied, want_stale) = if replicas > 1 || batch_concurrency() > 1 {
         let sum = get("applied") + get("stale");
         (sum, 0, e.applied + e.stale, 0)
     } else {
@@ -1793,6 +1785,7 @@ async fn phase_drain(
         "batch_size": batch_size,
         "prefetch": PREFETCH,
         "replicas": replicas.max(1),
+        "batch_concurrency": batch_concurrency(),
         "seconds": round(took.as_secs_f64(), 3),
         "msgs_per_s": round(rate, 0),
         "startup_s": round((ready - spawned).as_secs_f64(), 3),
@@ -2196,6 +2189,15 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The worker's BATCH_CONCURRENCY: from the environment the worker inherits,
+/// else its default.
+fn batch_concurrency() -> usize {
+    std::env::var("BATCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 //! AMQP cannot look at a queue without taking its messages, so every command
 //! takes all dead letters with `basic.get` (not acknowledged) on one channel,
 //! acts on the selected ones, and gives the others back to the queue
-//! (`basic.nack` with requeue). A replayed message is published unchanged, with
-//! publisher confirms and `mandatory`, to the exchange and routing key it was
-//! first published with; only after the broker confirmed (and routed) it is the
-//! dead letter acknowledged, so a failure leaves it in the queue. Purge
-//! acknowledges the selected ones.
+//! (`basic.nack` with requeue). A replayed message is published with its body
+//! and properties unchanged, its headers without the dead-letter bookkeeping
+//! plus `x-las-replayed-at` (so the worker does not take it for a redelivery
+//! of the dead letter it came from), with publisher confirms and `mandatory`,
+//! to the exchange and routing key it was first published with; only after
+//! the broker confirmed (and routed) it is the dead letter acknowledged, so a
+//! failure leaves it in the queue. Purge acknowledges the selected ones.
 //!
 //! Dead letters of the worker carry `x-las-*` headers; messages RabbitMQ
 //! dead-lettered itself (delivery limit exceeded) carry `x-death` instead.
@@ -253,6 +255,18 @@ fn original_properties(d: &Delivery) -> lapin::BasicProperties {
     d.properties.clone().with_headers(headers)
 }
 
+/// The original properties plus `x-las-replayed-at`: the worker tells a
+/// replayed message from a redelivery of its earlier dead letter by it.
+fn replayed_properties(d: &Delivery) -> lapin::BasicProperties {
+    let props = original_properties(d);
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        dead_letter::REPLAYED_AT.into(),
+        lapin::types::AMQPValue::LongString(chrono::Utc::now().to_rfc3339().into()),
+    );
+    props.with_headers(headers)
+}
+
 /// A connection holding every dead letter, unacknowledged.
 struct Taken {
     conn: lapin::Connection,
@@ -462,7 +476,7 @@ async fn replay(args: &SelectArgs) -> anyhow::Result<ExitCode> {
                     ..BasicPublishOptions::default()
                 },
                 &l.delivery.data,
-                original_properties(&l.delivery),
+                replayed_properties(&l.delivery),
             )
             .await?;
         pending.push((l, exchange, key, confirm));
