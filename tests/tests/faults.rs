@@ -1482,41 +1482,57 @@ async fn assert_queues_drained_except_dead_letters(env: &TestEnv) {
 // A dead letter whose acknowledgement was lost
 // ---------------------------------------------------------------------------
 
-/// A message is dead-lettered once (found by the soak in CI: a broker cut
-/// after the dead letter was confirmed but before the ack left one poison
-/// message twice in the queue). A redelivery of a message already
-/// dead-lettered, rejected again, is acknowledged without a second copy; a
-/// new publication of the same body, and a replayed dead letter, are
-/// dead-lettered again.
+/// A message is dead-lettered once, and never acknowledged without its dead
+/// letter (the soak found a poison message twice in the queue: its dead letter
+/// was confirmed, then a cut or a kill lost the ack). Dead letters and the ack
+/// are one AMQP transaction on the delivering channel: the worker is aborted
+/// after both were sent but before `tx.commit`, and the broker must hold
+/// neither; the restarted worker dead-letters the redelivery exactly once.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_redelivered_poison_message_is_dead_lettered_once() {
+async fn a_dead_letter_and_its_ack_take_effect_together_or_not_at_all() {
     use las_contracts::{CHANGES_QUEUE, DEAD_LETTER_QUEUE, LAS_CHANGES_EXCHANGE};
-    let mut env = TestEnv::start().await;
-    let body = b"{ not json: a redelivered poison message".to_vec();
+    let mut env = TestEnv::start_without_worker().await;
+    env.extra_env_set("LAS_WORKER_FAULTPOINT", "dead-letter-before-commit");
+    env.spawn_worker().await;
+    let body = b"{ not json: a poison message whose worker dies".to_vec();
     let key = "las.12AB.guardian.upserted";
     env.publish_raw(LAS_CHANGES_EXCHANGE, key, std::slice::from_ref(&body))
         .await;
-    env.wait_queue_depth(DEAD_LETTER_QUEUE, 1, Duration::from_secs(60))
+    wait_for(
+        "the worker aborted at the fault point",
+        Duration::from_secs(60),
+        async || {
+            if env.worker_running() {
+                Err("still running".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        env.log().contains("fault point reached"),
+        "the worker died at the fault point, not elsewhere: {}",
+        env.log()
+    );
+    // Neither the dead letter nor the ack took effect: the message is back.
+    env.wait_queue_depth(CHANGES_QUEUE, 1, Duration::from_secs(30))
         .await;
+    assert_eq!(
+        env.queue_depths().get(DEAD_LETTER_QUEUE),
+        Some(&0),
+        "an uncommitted dead letter reached the queue"
+    );
 
-    // The same message again, as the broker redelivers it when the ack of
-    // its dead letter was lost.
-    env.stop_worker();
-    env.publish_raw(LAS_CHANGES_EXCHANGE, key, std::slice::from_ref(&body))
-        .await;
-    assert_eq!(env.requeue_one(CHANGES_QUEUE).await, body);
+    env.extra_env_set("LAS_WORKER_FAULTPOINT", "");
     env.spawn_worker().await;
     env.wait_queue_depth(CHANGES_QUEUE, 0, Duration::from_secs(60))
         .await;
-    // The dead letter would have been confirmed before the ack emptied the queue.
+    // The ack and the dead letter are committed together.
     assert_eq!(
         env.queue_depths().get(DEAD_LETTER_QUEUE),
         Some(&1),
-        "the redelivery was not dead-lettered a second time"
-    );
-    assert!(
-        env.log().contains("dead-lettered before"),
-        "the worker says why it acknowledged the redelivery"
+        "the redelivery is dead-lettered exactly once"
     );
 
     // A replay is a new message: rejected again, dead-lettered again, with

@@ -1,13 +1,17 @@
 //! RabbitMQ through lapin: topology, the consumer with its own reconnect loop,
-//! batching, dead-lettering with publisher confirms, and acknowledgements.
+//! batching, dead-lettering and acknowledgements.
 //!
-//! Acks only after the batch's transaction committed and its dead letters
-//! were confirmed by the broker, always through the acker of the delivery
-//! itself, so a tag is never acknowledged on another channel than the one
-//! that delivered it. After a reconnect the old deliveries are dropped and
-//! the broker redelivers them; the message-id dedupe makes that harmless.
+//! Acks only after the batch's database transaction committed, always through
+//! the acker of the delivery itself, so a tag is never acknowledged on another
+//! channel than the one that delivered it. The consuming channel is in AMQP
+//! transaction mode (`tx.select`): a batch's dead letters are published on it
+//! and its multiple ack sent, then one `tx.commit` makes both take effect
+//! together. A kill or a cut before the commit takes effect leaves neither
+//! (the broker redelivers, and the redelivery is dead-lettered once); after
+//! it, both. So a message is never dead-lettered twice, and never acked
+//! without its dead letter. After a reconnect the old deliveries are dropped
+//! and the broker redelivers them; the message-id dedupe makes that harmless.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,7 +31,7 @@ use las_contracts::{
     PORTAL_REQUESTS_EXCHANGE, SYNC_EVENTS_EXCHANGE, dead_letter,
 };
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::inbound::Rejection;
 use crate::pipeline::{Disposition, Pipeline, transient_backoff};
@@ -39,8 +43,6 @@ pub enum BusError {
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
     ConsumerEnded,
-    #[error("the broker refused a dead letter (publisher nack)")]
-    DeadLetterNacked,
     #[error("the broker refused a publish (publisher nack)")]
     Nacked,
     #[error("no answer from the broker within {0:?} ({1})")]
@@ -255,8 +257,8 @@ async fn session(
     declare_topology(&ch, settings.delivery_limit).await?;
     ch.basic_qos(settings.prefetch, BasicQosOptions::default())
         .await?;
-    let dl = conn.create_channel().await?;
-    dl.confirm_select(ConfirmSelectOptions::default()).await?;
+    // Dead letters and acks take effect together, at `tx.commit`.
+    ch.tx_select().await?;
     let tag = format!("las-worker-{}-{}", kind.label(), uuid::Uuid::new_v4());
     let mut consumer = ch
         .basic_consume(
@@ -305,7 +307,7 @@ async fn session(
                 deadline = None;
                 std::mem::replace(&mut batch, Vec::with_capacity(batch_size))
             };
-            in_flight.push_back(run_batch(deliveries, kind, pipeline, &dl, &batch_shutdown));
+            in_flight.push_back(run_batch(deliveries, kind, pipeline, &batch_shutdown));
             continue;
         }
         let wait_for_deadline = !batch.is_empty() && in_flight.len() < concurrency;
@@ -318,27 +320,25 @@ async fn session(
                 // what committed. The partial batch and everything prefetched
                 // go back to the queue when the channel closes.
                 let _ = ch.basic_cancel(s(&tag), BasicCancelOptions::default()).await;
-                while let Some((deliveries, result)) = in_flight.next().await {
-                    match result {
-                        Ok(true) => ack_batch(&deliveries).await?,
-                        Ok(false) => break,
-                        Err(e) => return Err(e),
+                while let Some((deliveries, applied)) = in_flight.next().await {
+                    match applied {
+                        Some(dead) => settle_batch(&ch, &deliveries, &dead).await?,
+                        None => break,
                     }
                 }
                 close_quietly(&ch, &conn).await;
                 return Ok(());
             }
-            Some((deliveries, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                match result {
-                    Ok(true) => ack_batch(&deliveries).await?,
-                    Ok(false) => {
+            Some((deliveries, applied)) = in_flight.next(), if !in_flight.is_empty() => {
+                match applied {
+                    Some(dead) => settle_batch(&ch, &deliveries, &dead).await?,
+                    None => {
                         // Interrupted by shutdown while the database was down:
                         // nothing of it (or after it) is acknowledged; the
                         // broker redelivers.
                         close_quietly(&ch, &conn).await;
                         return Ok(());
                     }
-                    Err(e) => return Err(e),
                 }
             }
             _ = tokio::time::sleep_until(sleep_until), if wait_for_deadline && deadline.is_some() => {}
@@ -368,19 +368,35 @@ async fn close_quietly(ch: &Channel, conn: &Connection) {
     let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
 }
 
-/// Applies one batch and publishes its dead letters with confirms; the
-/// acknowledgement is the caller's, in delivery order. Returns the deliveries
-/// and whether the batch is done (false: shutdown interrupted it before
-/// commit, nothing may be acknowledged).
+/// The dead letters of an applied batch: index of the delivery, and why.
+type DeadLetters = Vec<(usize, Rejection)>;
+
+/// Applies one batch in one database transaction; settling it with the broker
+/// is the caller's, in delivery order. Returns the deliveries and their dead
+/// letters, or None when shutdown interrupted it before commit (nothing may be
+/// acknowledged).
 async fn run_batch(
     deliveries: Vec<Delivery>,
     kind: QueueKind,
     pipeline: &Pipeline,
-    dl: &Channel,
     shutdown: &watch::Receiver<bool>,
-) -> (Vec<Delivery>, Result<bool, BusError>) {
+) -> (Vec<Delivery>, Option<DeadLetters>) {
     let started = Instant::now();
-    let result = handle_batch(&deliveries, pipeline, dl, shutdown).await;
+    let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
+    let applied = pipeline
+        .process(&bodies, shutdown)
+        .await
+        .ok()
+        .map(|dispositions| {
+            dispositions
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, disp)| match disp {
+                    Disposition::DeadLetter(r) => Some((i, r)),
+                    Disposition::Done(_) => None,
+                })
+                .collect()
+        });
     let metrics = pipeline.metrics();
     metrics
         .batch_size
@@ -390,117 +406,41 @@ async fn run_batch(
         .batch_seconds
         .with_label_values(&[kind.label()])
         .observe(started.elapsed().as_secs_f64());
-    (deliveries, result)
+    (deliveries, applied)
 }
 
-/// One multiple ack up to the batch's last delivery, through that delivery's
-/// own acker (the channel that delivered it).
-async fn ack_batch(deliveries: &[Delivery]) -> Result<(), BusError> {
-    if let Some(last) = deliveries.last() {
-        tokio::time::timeout(
-            BROKER_REPLY_TIMEOUT,
-            last.acker.ack(BasicAckOptions { multiple: true }),
-        )
+/// Settles an applied batch on the channel that delivered it, in one AMQP
+/// transaction: its dead letters, one multiple ack up to its last delivery
+/// (through that delivery's own acker), then `tx.commit`. The commit-ok comes
+/// once the dead-letter queue has the dead letters; until then the broker
+/// holds both, and a lost connection discards both.
+async fn settle_batch(
+    ch: &Channel,
+    deliveries: &[Delivery],
+    dead: &[(usize, Rejection)],
+) -> Result<(), BusError> {
+    let Some(last) = deliveries.last() else {
+        return Ok(());
+    };
+    let settle = async {
+        for (i, r) in dead {
+            publish_dead_letter(ch, &deliveries[*i], r).await?;
+        }
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        if !dead.is_empty() {
+            crate::faultpoint::hit("dead-letter-before-commit").await;
+        }
+        ch.tx_commit().await?;
+        Ok::<(), BusError>(())
+    };
+    tokio::time::timeout(BROKER_REPLY_TIMEOUT, settle)
         .await
-        .map_err(|_| BusError::Timeout(BROKER_REPLY_TIMEOUT, "acknowledgement"))??;
-    }
-    Ok(())
+        .map_err(|_| BusError::Timeout(BROKER_REPLY_TIMEOUT, "acknowledgement commit"))?
 }
 
-/// Applies a batch and dead-letters the rejected messages with confirms.
-/// Returns false when shutdown interrupted it before commit.
-async fn handle_batch(
-    batch: &[Delivery],
-    pipeline: &Pipeline,
-    dl: &Channel,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<bool, BusError> {
-    let bodies: Vec<&[u8]> = batch.iter().map(|d| d.data.as_slice()).collect();
-    let Ok(dispositions) = pipeline.process(&bodies, shutdown).await else {
-        return Ok(false);
-    };
-    // A redelivery of a message this worker already dead-lettered (the
-    // broker confirmed the dead letter, then the ack was lost to a broker cut
-    // or a crash) is acknowledged without a second copy in the queue.
-    let digests: Vec<Option<Vec<u8>>> = batch
-        .iter()
-        .zip(&dispositions)
-        .map(|(d, disp)| matches!(disp, Disposition::DeadLetter(_)).then(|| delivery_digest(d)))
-        .collect();
-    let redelivered: Vec<Vec<u8>> = batch
-        .iter()
-        .zip(&digests)
-        .filter_map(|(d, g)| g.as_ref().filter(|_| d.redelivered).cloned())
-        .collect();
-    let already = if redelivered.is_empty() {
-        HashSet::new()
-    } else {
-        pipeline
-            .store()
-            .dead_lettered(&redelivered)
-            .await
-            .unwrap_or_else(|e| {
-                warn!(error = %e, "cannot check earlier dead letters; a redelivered rejection may be dead-lettered twice");
-                HashSet::new()
-            })
-    };
-    let mut confirms = Vec::new();
-    let mut marks: Vec<(Vec<u8>, &str)> = Vec::new();
-    for ((d, disp), digest) in batch.iter().zip(&dispositions).zip(digests) {
-        if let (Disposition::DeadLetter(r), Some(digest)) = (disp, digest) {
-            if d.redelivered && already.contains(&digest) {
-                info!(
-                    reason = r.reason.as_str(),
-                    "redelivered message was dead-lettered before; acknowledged without a second dead letter"
-                );
-                continue;
-            }
-            confirms.push(publish_dead_letter(dl, d, r).await?);
-            marks.push((digest, r.reason.as_str()));
-        }
-    }
-    for c in confirms {
-        let conf = tokio::time::timeout(BROKER_REPLY_TIMEOUT, c)
-            .await
-            .map_err(|_| BusError::Timeout(BROKER_REPLY_TIMEOUT, "dead-letter confirm"))??;
-        if conf.is_nack() {
-            error!("broker refused a dead letter; the batch will be redelivered");
-            return Err(BusError::DeadLetterNacked);
-        }
-    }
-    if !marks.is_empty()
-        && let Err(e) = pipeline.store().record_dead_lettered(&marks).await
-    {
-        // Only a lost ack would need the mark; the dead letters are safe.
-        warn!(error = %e, "cannot record the dead letters; a redelivery of them would be dead-lettered twice");
-    }
-    Ok(true)
-}
-
-/// Identifies a delivery's message across redeliveries: SHA-256 of the body
-/// and of `x-las-replayed-at` (set by `las-worker dlq replay`, so a replayed
-/// message is not taken for its earlier dead letter).
-pub fn delivery_digest(d: &Delivery) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(&d.data);
-    if let Some(AMQPValue::LongString(at)) = d
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(dead_letter::REPLAYED_AT))
-    {
-        h.update(b"\0replayed-at\0");
-        h.update(at.as_bytes());
-    }
-    h.finalize().to_vec()
-}
-
-async fn publish_dead_letter(
-    dl: &Channel,
-    d: &Delivery,
-    r: &Rejection,
-) -> Result<lapin::PublisherConfirm, BusError> {
+/// Publishes a dead letter on the (transactional) consuming channel: the
+/// body unchanged, the original headers, and the reason headers.
+async fn publish_dead_letter(ch: &Channel, d: &Delivery, r: &Rejection) -> Result<(), BusError> {
     let mut headers = d.properties.headers().clone().unwrap_or_default();
     headers.insert(s(dead_letter::REASON_CODE), ls(r.reason.as_str()));
     headers.insert(s(dead_letter::REASON), ls(&r.text));
@@ -522,15 +462,15 @@ async fn publish_dead_letter(
     if let Some(ct) = d.properties.content_type() {
         props = props.with_content_type(ct.clone());
     }
-    Ok(dl
-        .basic_publish(
-            s(DEAD_LETTER_EXCHANGE),
-            d.routing_key.clone(),
-            BasicPublishOptions::default(),
-            &d.data,
-            props,
-        )
-        .await?)
+    ch.basic_publish(
+        s(DEAD_LETTER_EXCHANGE),
+        d.routing_key.clone(),
+        BasicPublishOptions::default(),
+        &d.data,
+        props,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Publishes messages with publisher confirms (the `publish` command, the demo

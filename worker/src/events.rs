@@ -126,7 +126,7 @@ impl EventPublisher {
 
     /// Publishes one round; returns how many events went out. A round takes
     /// outbox rows in order until it holds `ROUND` events (a row holds the
-    /// events of one transaction; rows from before migration 0007 hold one).
+    /// events of one transaction; rows from before migration 0006 hold one).
     async fn round(&self, ch: &Channel) -> Result<usize, PublishError> {
         let mut tx = self.store.pool().begin().await?;
         let rows = sqlx::query(

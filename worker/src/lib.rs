@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod config;
 pub mod events;
+pub mod faultpoint;
 pub mod http;
 pub mod inbound;
 pub mod mail;

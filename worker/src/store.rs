@@ -2131,11 +2131,6 @@ impl Store {
         sqlx::query("DELETE FROM event_outbox WHERE published_at < now() - interval '7 days'")
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "DELETE FROM dead_lettered WHERE dead_lettered_at < now() - interval '30 days'",
-        )
-        .execute(&mut *tx)
-        .await?;
         effects.events.write(&mut tx).await?;
         sqlx::query(
             "INSERT INTO daily_jobs (job, last_run_date) VALUES ('intake', $1)
@@ -2961,34 +2956,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(stale)
-    }
-
-    /// Which of these delivery digests were dead-lettered before (and
-    /// confirmed by the broker).
-    pub async fn dead_lettered(&self, digests: &[Vec<u8>]) -> Result<HashSet<Vec<u8>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT digest FROM dead_lettered WHERE digest = ANY($1)")
-                .bind(digests)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .collect(),
-        )
-    }
-
-    /// Records deliveries the broker confirmed in the dead-letter queue.
-    pub async fn record_dead_lettered(&self, marks: &[(Vec<u8>, &str)]) -> Result<(), StoreError> {
-        let digests: Vec<&[u8]> = marks.iter().map(|m| m.0.as_slice()).collect();
-        let reasons: Vec<&str> = marks.iter().map(|m| m.1).collect();
-        sqlx::query(
-            "INSERT INTO dead_lettered (digest, reason_code)
-             SELECT * FROM UNNEST($1::bytea[], $2::text[]) ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(&digests)
-        .bind(&reasons)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Events for messages rejected before they reached a transaction
