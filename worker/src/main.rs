@@ -534,12 +534,13 @@ fn until_after_local_midnight() -> Duration {
 /// Keeps the planner statistics of the portal's tables fresh while they grow
 /// (`Store::analyze_stale_tables`), so cached plans fit the tables' size.
 async fn keep_statistics(store: Store, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut marks = las_worker::store::AnalyzeMarks::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|v| *v) => return,
         }
-        match store.analyze_stale_tables().await {
+        match store.analyze_stale_tables(&mut marks).await {
             Ok(tables) if !tables.is_empty() => debug!(?tables, "planner statistics refreshed"),
             Ok(_) => {}
             Err(e) => debug!(error = %e, "planner statistics not refreshed; trying again later"),

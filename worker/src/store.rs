@@ -2924,14 +2924,28 @@ impl Store {
     }
 
     /// Refreshes the planner statistics of the worker's tables that changed
-    /// by more than autovacuum's analyze threshold (50 rows + 10%) since
-    /// their last `ANALYZE`, and returns their names. Cached generic plans
-    /// are re-planned from the new statistics. Where autovacuum runs, it
+    /// by more than autovacuum's analyze threshold (50 rows + 10%) since the
+    /// keeper last analyzed them, and returns their names. Cached generic
+    /// plans are re-planned from the new statistics. Where autovacuum runs, it
     /// usually got there first and this finds nothing; where it is off or
-    /// slower than a first run of a school board, this keeps the plans
-    /// right. One replica at a time (an advisory lock); a table the
-    /// database user does not own is skipped by PostgreSQL with a warning.
-    pub async fn analyze_stale_tables(&self) -> Result<Vec<String>, StoreError> {
+    /// slower than a first run of a school board, this keeps the plans right.
+    ///
+    /// Only the columns plans depend on are analyzed: those of the table's
+    /// indexes (keys, expressions, partial-index predicates) and `status`.
+    /// That gives the planner the table's size and the distributions it
+    /// filters and joins on at about a sixth of the cost of a full `ANALYZE`
+    /// of `profiles` (names, addresses and e-mails are many distinct strings
+    /// to sort): 0.1 s against 0.7 s at 30,000 profiles, CPU taken from the
+    /// batches of a drain under way. Such an `ANALYZE` does not reset
+    /// PostgreSQL's change counter, so `marks` remembers it per table (per
+    /// process).
+    ///
+    /// One replica at a time (an advisory lock); a table the database user
+    /// does not own is skipped by PostgreSQL with a warning.
+    pub async fn analyze_stale_tables(
+        &self,
+        marks: &mut AnalyzeMarks,
+    ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mine: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('las-worker analyze'))")
@@ -2940,22 +2954,53 @@ impl Store {
         if !mine {
             return Ok(Vec::new());
         }
-        let stale: Vec<String> = sqlx::query_scalar(
-            "SELECT relname::text FROM pg_stat_user_tables
-             WHERE schemaname = current_schema()
-               AND n_mod_since_analyze > 50 + 0.1 * GREATEST(n_live_tup, 0)
-             ORDER BY n_mod_since_analyze DESC",
+        let tables: Vec<(String, i64, i64, i64, Vec<String>)> = sqlx::query_as(
+            "SELECT t.relname::text, t.n_mod_since_analyze, t.n_live_tup,
+                    t.analyze_count + t.autoanalyze_count,
+                    ARRAY(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped
+                            AND (a.attname = 'status'
+                                 OR EXISTS (SELECT 1 FROM pg_index i
+                                            WHERE i.indrelid = t.relid AND a.attnum = ANY (i.indkey))
+                                 OR EXISTS (SELECT 1 FROM pg_index i
+                                            JOIN pg_depend d ON d.classid = 'pg_class'::regclass
+                                                            AND d.objid = i.indexrelid
+                                            WHERE i.indrelid = t.relid AND d.refobjid = t.relid
+                                              AND d.refobjsubid = a.attnum))
+                          ORDER BY a.attnum)
+             FROM pg_stat_user_tables t
+             WHERE t.schemaname = current_schema()
+             ORDER BY t.n_mod_since_analyze DESC",
         )
         .fetch_all(&mut *tx)
         .await?;
-        for table in &stale {
-            let quoted = format!("\"{}\"", table.replace('"', "\"\""));
-            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {quoted}")))
+        let mut analyzed = Vec::new();
+        for (table, changed, live, analyses, columns) in tables {
+            // Changes since this keeper's last ANALYZE of the table; when
+            // anyone else analyzed it since (autovacuum, a person, another
+            // replica), PostgreSQL's own counter is taken as it is.
+            let since = match marks.0.get(&table) {
+                Some(&(mark, seen)) if seen == analyses && changed >= mark => changed - mark,
+                _ => changed,
+            };
+            if since as f64 <= 50.0 + 0.1 * live.max(0) as f64 {
+                continue;
+            }
+            let quote = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+            let sql = if columns.is_empty() {
+                format!("ANALYZE {}", quote(&table))
+            } else {
+                let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+                format!("ANALYZE {} ({})", quote(&table), cols.join(", "))
+            };
+            sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut *tx)
                 .await?;
+            marks.0.insert(table.clone(), (changed, analyses + 1));
+            analyzed.push(table);
         }
         tx.commit().await?;
-        Ok(stale)
+        Ok(analyzed)
     }
 
     /// Events for messages rejected before they reached a transaction
@@ -3030,6 +3075,13 @@ impl Store {
         Ok(purged.len() as u64)
     }
 }
+
+/// What the statistics keeper remembers between rounds
+/// (`Store::analyze_stale_tables`): per table, PostgreSQL's count of changes
+/// since the last full `ANALYZE`, and its count of analyses, just after the
+/// keeper last analyzed it.
+#[derive(Debug, Default)]
+pub struct AnalyzeMarks(HashMap<String, (i64, i64)>);
 
 #[cfg(test)]
 mod tests {

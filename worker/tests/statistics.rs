@@ -7,7 +7,7 @@
 mod common;
 
 use common::Db;
-use las_worker::store::Store;
+use las_worker::store::{AnalyzeMarks, Store};
 
 impl Db {
     async fn analyzed(&self, table: &str) -> bool {
@@ -48,8 +48,9 @@ async fn until_counted(db: &Db, table: &str, n: i64) {
 async fn tables_past_the_analyze_threshold_are_analyzed_and_the_planner_sees_their_size() {
     let db = Db::new("lasw_stats").await;
     let store = Store::from_pool(db.pool.clone());
+    let mut marks = AnalyzeMarks::default();
     // Statistics as migrations left them; nothing is stale yet.
-    store.analyze_stale_tables().await.unwrap();
+    store.analyze_stale_tables(&mut marks).await.unwrap();
 
     // 5,000 message ids: past the threshold (50 + 10%) of an empty table.
     sqlx::query(
@@ -69,7 +70,7 @@ async fn tables_past_the_analyze_threshold_are_analyzed_and_the_planner_sees_the
     until_counted(&db, "daily_jobs", 10).await;
     assert!(!db.analyzed("daily_jobs").await);
 
-    let analyzed = store.analyze_stale_tables().await.unwrap();
+    let analyzed = store.analyze_stale_tables(&mut marks).await.unwrap();
     assert!(
         analyzed.iter().any(|t| t == "processed_messages"),
         "processed_messages grew past the threshold: {analyzed:?}"
@@ -91,9 +92,44 @@ async fn tables_past_the_analyze_threshold_are_analyzed_and_the_planner_sees_the
         .execute(&db.pool)
         .await
         .unwrap();
-    let again = store.analyze_stale_tables().await.unwrap();
+    let again = store.analyze_stale_tables(&mut marks).await.unwrap();
     assert!(
         !again.iter().any(|t| t == "processed_messages"),
         "analyzed twice: {again:?}"
     );
+
+    // Only the columns plans depend on (index keys and predicates) were
+    // analyzed, not the unindexed school_id.
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_stats WHERE tablename = 'processed_messages' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(columns, ["message_id", "processed_at"]);
+
+    // Someone else's full ANALYZE resets PostgreSQL's counter; 6,000 changes
+    // after it (more than the keeper's mark of 5,000) are counted in full.
+    sqlx::query("ANALYZE processed_messages")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO processed_messages (message_id) SELECT gen_random_uuid() FROM generate_series(1, 6000)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    until_counted(&db, "processed_messages", 6000).await;
+    let after_reset = store.analyze_stale_tables(&mut marks).await.unwrap();
+    assert!(
+        after_reset.iter().any(|t| t == "processed_messages"),
+        "6,000 changes on 11,000 rows are past the threshold: {after_reset:?}"
+    );
+    let rows: f32 =
+        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE relname = 'processed_messages'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 11000.0);
 }
