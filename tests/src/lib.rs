@@ -400,31 +400,6 @@ impl TestEnv {
         let _ = conn.close(200, "done".into()).await;
     }
 
-    /// Takes the next message of a queue without acknowledging it and gives
-    /// it back (`basic.nack` with requeue): the broker then delivers it again
-    /// with `redelivered` set, as after a lost acknowledgement. Returns its body.
-    pub async fn requeue_one(&self, queue: &str) -> Vec<u8> {
-        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let m = ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("queue {queue} is empty"));
-        m.delivery
-            .acker
-            .nack(lapin::options::BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await
-            .unwrap();
-        let _ = conn.close(200, "done".into()).await;
-        m.delivery.data.clone()
-    }
-
     /// Publishes messages to the exchange and routing key their own fields name.
     pub async fn publish(&self, msgs: &[Value]) {
         for m in msgs {

@@ -6,9 +6,10 @@
 //! acts on the selected ones, and gives the others back to the queue
 //! (`basic.nack` with requeue). A replayed message is published with its body
 //! and properties unchanged, its headers without the dead-letter bookkeeping
-//! plus `x-las-replayed-at` (so the worker does not take it for a redelivery
-//! of the dead letter it came from), with publisher confirms and `mandatory`,
-//! to the exchange and routing key it was first published with; only after
+//! plus `x-las-replayed-at` (so a person sees that, and when, a message was
+//! replayed, also on its dead letter if it is rejected again), with publisher
+//! confirms and `mandatory`, to the exchange and routing key it was first
+//! published with; only after
 //! the broker confirmed (and routed) it is the dead letter acknowledged, so a
 //! failure leaves it in the queue. Purge acknowledges the selected ones.
 //!
@@ -255,8 +256,8 @@ fn original_properties(d: &Delivery) -> lapin::BasicProperties {
     d.properties.clone().with_headers(headers)
 }
 
-/// The original properties plus `x-las-replayed-at`: the worker tells a
-/// replayed message from a redelivery of its earlier dead letter by it.
+/// The original properties plus `x-las-replayed-at`: when the message was
+/// replayed, kept on its dead letter if it is rejected again.
 fn replayed_properties(d: &Delivery) -> lapin::BasicProperties {
     let props = original_properties(d);
     let mut headers = props.headers().clone().unwrap_or_default();
