@@ -1088,10 +1088,20 @@ async fn apply_profiles(
             if groups.iter().any(|g| g == rules::INTAKE_GROUP_KEY) {
                 intake_schools.insert(*school_id);
             }
-            members.replace(*school_id, *kind, key, groups, slot.removed);
+            // A removed profile new to the portal still clears the
+            // memberships an ESIS group gave it (R12), so it replaces.
+            if slot.inserted && !slot.removed {
+                members.add(*school_id, *kind, key, groups);
+            } else {
+                members.replace(*school_id, *kind, key, groups, slot.removed);
+            }
         }
         if let Some(students) = &slot.student_keys {
-            links.replace(*school_id, key, students);
+            if slot.inserted {
+                links.add(*school_id, key, students);
+            } else {
+                links.replace(*school_id, key, students);
+            }
         }
         match kind {
             ProfileKind::Student if slot.was_status != Some(state.status) => {
@@ -1330,6 +1340,16 @@ impl Members {
         self.del_key.push(key.to_owned());
         // R12: a removed profile leaves every group, also those a subclass put it in.
         self.del_all_sources.push(removed);
+        self.add(school_id, kind, key, groups);
+    }
+
+    /// The groups of a profile this transaction inserted: it has no
+    /// memberships of its own yet (only the profile's own writes add source
+    /// `profile` rows), so nothing needs deleting first.
+    fn add(&mut self, school_id: i64, kind: ProfileKind, key: &str, groups: &[String]) {
+        if kind == ProfileKind::Guardian {
+            return;
+        }
         for g in groups {
             self.ins_school.push(school_id);
             self.ins_kind.push(kind.as_str());
@@ -1384,6 +1404,12 @@ impl Links {
     fn replace(&mut self, school_id: i64, guardian: &str, students: &[String]) {
         self.del_school.push(school_id);
         self.del_guardian.push(guardian.to_owned());
+        self.add(school_id, guardian, students);
+    }
+
+    /// The students of a guardian this transaction inserted: links are only
+    /// written by the guardian's own changes, so it has none to delete.
+    fn add(&mut self, school_id: i64, guardian: &str, students: &[String]) {
         for s in students {
             self.ins_school.push(school_id);
             self.ins_guardian.push(guardian.to_owned());
