@@ -186,7 +186,7 @@ impl Events {
         let keys: Vec<&str> = self.rows.iter().map(|r| r.0.as_str()).collect();
         let events: Vec<&str> = self.rows.iter().map(|r| r.1.as_str()).collect();
         sqlx::query(
-            "INSERT INTO event_outbox (routing_keys, events) VALUES ($1, $2::text[]::jsonb[])",
+            "INSERT INTO event_outbox (routing_keys, events) VALUES ($1, $2::text[]::json[])",
         )
         .bind(&keys)
         .bind(&events)
