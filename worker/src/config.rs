@@ -335,10 +335,10 @@ pub struct RunArgs {
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
     /// Unacknowledged deliveries the broker may send ahead (per queue).
-    #[arg(long, env = "PREFETCH", default_value_t = 500)]
+    #[arg(long, env = "PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
     /// Messages applied in one transaction at most.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 200)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 400)]
     pub batch_size: usize,
     /// How long a batch waits to fill before it is applied anyway.
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 20)]
@@ -346,7 +346,7 @@ pub struct RunArgs {
     /// Batches of one queue applied at the same time, each in its own
     /// transaction on its own connection; acknowledgements stay in delivery
     /// order. 1: strictly one after the other.
-    #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 2)]
+    #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 3)]
     pub batch_concurrency: usize,
     /// Database connections in the pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]

@@ -7,9 +7,9 @@
 //! * **raw** (a): a lapin consumer that only acknowledges, with the worker's
 //!   ack pattern (one multiple ack per batch of `BATCH_SIZE`, or after
 //!   `BATCH_MAX_WAIT_MS`), drains a copy of the load. The broker's limit.
-//! * **batch** (b): `las-worker run` with its defaults (BATCH_SIZE 200,
-//!   PREFETCH 500) drains the load, from readiness to the last commit.
-//! * **single** (c): the same with BATCH_SIZE 1, PREFETCH 500 (per-message
+//! * **batch** (b): `las-worker run` with its defaults (BATCH_SIZE 400,
+//!   PREFETCH 1000) drains the load, from readiness to the last commit.
+//! * **single** (c): the same with BATCH_SIZE 1, PREFETCH 1000 (per-message
 //!   transactions) on a smaller load made by the same generator (same mix).
 //! * **latency** (d): the worker with its defaults under a fixed offered rate
 //!   (default 2,000 msg/s for 15 s), `emitted_at` = send time; the commit time
@@ -68,8 +68,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// The worker's defaults (README "Configuration"); the raw consumer uses them too.
-const PREFETCH: u16 = 500;
-const BATCH_SIZE: usize = 200;
+const PREFETCH: u16 = 1000;
+const BATCH_SIZE: usize = 400;
 const BATCH_MAX_WAIT: Duration = Duration::from_millis(20);
 const DELIVERY_LIMIT: i64 = 20;
 /// "Today" for the worker and the generator, so R9 (under 4) never depends on the date.

@@ -54,7 +54,7 @@ pub struct ImportArgs {
     #[arg(long)]
     pub summary_only: bool,
     /// Messages per transaction, as the consumer's BATCH_SIZE.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 200)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 400)]
     pub batch_size: usize,
     /// Pin "today" (YYYY-MM-DD) for the intake rules (R9); default: today in
     /// Europe/Amsterdam.
