@@ -70,6 +70,7 @@ use uuid::Uuid;
 /// The worker's defaults (README "Configuration"); the raw consumer uses them too.
 const PREFETCH: u16 = 1000;
 const BATCH_SIZE: usize = 400;
+const BATCH_CONCURRENCY: usize = 3;
 const BATCH_MAX_WAIT: Duration = Duration::from_millis(20);
 const DELIVERY_LIMIT: i64 = 20;
 /// "Today" for the worker and the generator, so R9 (under 4) never depends on the date.
@@ -2197,7 +2198,7 @@ fn batch_concurrency() -> usize {
     std::env::var("BATCH_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
+        .unwrap_or(BATCH_CONCURRENCY)
 }
 
 #[cfg(test)]
