@@ -49,6 +49,24 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// A unique violation of the profiles' key (school, kind, LAS key) while
+/// inserting new profiles: a concurrent transaction inserted the same key
+/// since this one looked. The batch is applied again and then sees that row,
+/// so this is never repeated for good. Every other error is classified as
+/// usual.
+fn lost_insert_race(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("23505")
+        && db.constraint() == Some(PROFILES_KEY)
+    {
+        return StoreError::Conflict;
+    }
+    classify(e)
+}
+
+/// The unique constraint on profiles (school_id, kind, las_key) (migration 0001).
+const PROFILES_KEY: &str = "profiles_school_id_kind_las_key_key";
+
 /// Which database errors are worth retrying. Only the data a message carries
 /// can make the database refuse it for good: SQLSTATE class 22 (data
 /// exception, e.g. a NUL character) and 23 (integrity constraint violation).
@@ -1178,7 +1196,10 @@ impl ProfileWrite {
     }
 
     /// Inserts new profiles in key order; returns (id, school, kind, key) of
-    /// the rows inserted (a key that exists by now is left out).
+    /// the rows inserted. A key another transaction inserted since this one
+    /// looked is `StoreError::Conflict`: a plain insert, because `ON CONFLICT
+    /// DO NOTHING` probes the unique index once more for every row, a cost
+    /// paid by every new profile for a race that is rare.
     async fn insert(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -1201,16 +1222,15 @@ impl ProfileWrite {
                        birth_date, street, postcode, city, phone, mobile, emergency_phone, email, data_version, email_version,
                        lg, in_intake, sc, kd, lk)
              ORDER BY sc, kd, lk
-             ON CONFLICT (school_id, kind, las_key) DO NOTHING
              RETURNING id, school_id, kind, las_key",
         );
-        Ok(self
-            .bind_columns(q)
+        self.bind_columns(q)
             .bind(&self.school_id)
             .bind(&self.kind)
             .bind(&self.las_key)
             .fetch_all(&mut **tx)
-            .await?)
+            .await
+            .map_err(lost_insert_race)
     }
 
     fn push(&mut self, slot: &ProfileSlot, p: &Profile) {
