@@ -13,6 +13,8 @@
 -- that transaction; nothing deletes schools; and profiles and portal_groups
 -- keep their foreign keys, so a school that has imported data cannot be
 -- deleted without deleting that data first.
-ALTER TABLE change_journal DROP CONSTRAINT change_journal_school_id_fkey;
-ALTER TABLE memberships DROP CONSTRAINT memberships_school_id_fkey;
-ALTER TABLE guardian_students DROP CONSTRAINT guardian_students_school_id_fkey;
+-- IF EXISTS: a database whose constraints were renamed by hand keeps them
+-- (correct, only slower) instead of refusing to start the worker.
+ALTER TABLE change_journal DROP CONSTRAINT IF EXISTS change_journal_school_id_fkey;
+ALTER TABLE memberships DROP CONSTRAINT IF EXISTS memberships_school_id_fkey;
+ALTER TABLE guardian_students DROP CONSTRAINT IF EXISTS guardian_students_school_id_fkey;
