@@ -1008,11 +1008,7 @@ async fn apply_profiles(
         }
     }
     if !new_rows.id.is_empty() {
-        let inserted = new_rows.insert(tx).await?;
-        if inserted.len() != new_rows.id.len() {
-            return Err(StoreError::Conflict);
-        }
-        for (id, school_id, kind, key) in inserted {
+        for (id, school_id, kind, key) in new_rows.insert(tx).await? {
             if let Some(kind) = ProfileKind::parse(&kind)
                 && let Some(slot) = slots.get_mut(&(school_id, kind, key))
             {
