@@ -7,8 +7,10 @@
 -- default: the migration must not stop the worker from starting there.
 DO $$
 BEGIN
-    ALTER TABLE event_outbox ALTER COLUMN events SET COMPRESSION lz4;
-EXCEPTION WHEN OTHERS THEN
+    -- EXECUTE: parsed when run, so a server without the syntax is caught below.
+    EXECUTE 'ALTER TABLE event_outbox ALTER COLUMN events SET COMPRESSION lz4';
+-- feature_not_supported: built without lz4; syntax_error: before PostgreSQL 14.
+EXCEPTION WHEN feature_not_supported OR syntax_error THEN
     RAISE NOTICE 'event_outbox.events keeps the default compression: %', SQLERRM;
 END
 $$;
