@@ -1053,6 +1053,8 @@ impl TestEnv {
 pub async fn publish_bytes_to(amqp_url: &str, msgs: &[(String, String, Vec<u8>)]) {
     // The worker's own `publish` path: one connection, persistent messages,
     // every publisher confirm awaited.
-    let confirmed = las_worker::bus::publish_all(amqp_url, msgs).await.unwrap();
+    let confirmed = las_worker::adapters::amqp::publish_all(amqp_url, msgs)
+        .await
+        .unwrap();
     assert_eq!(confirmed, msgs.len(), "broker did not confirm a publish");
 }

@@ -1,18 +1,14 @@
 //! las-worker: keeps school-parent portals in sync with the schools' LAS
-//! (ParnasSys, ESIS). Functional core (`rules`, `inbound`), imperative shell
-//! (`bus`, `store`, `http`, `metrics`), glued by `pipeline`.
+//! (ParnasSys, ESIS). `ARCHITECTURE.md` is the map:
+//!
+//! * [`domain`]: the functional core, every decision as a pure function;
+//! * [`adapters`]: the imperative shell (PostgreSQL, RabbitMQ, mail, HTTP, metrics);
+//! * [`app`]: use cases wiring the two (pipeline, runtime, jobs, relays);
+//! * [`cli`]: the operator surface, one file per command.
+//!
+//! Dependencies point one way: `domain` <- `adapters` <- `app` <- `cli` <- `main`.
 
-pub mod bus;
-pub mod config;
-pub mod events;
-pub mod faultpoint;
-pub mod http;
-pub mod inbound;
-pub mod mail;
-pub mod metrics;
-pub mod ops;
-pub mod pipeline;
-pub mod rules;
-pub mod store;
-pub mod suggestions;
-pub mod telemetry;
+pub mod adapters;
+pub mod app;
+pub mod cli;
+pub mod domain;

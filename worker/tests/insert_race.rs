@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use common::Db;
-use las_worker::inbound::{Inbound, parse};
-use las_worker::store::{MessageOutcome, Store, StoreError};
+use las_worker::adapters::db::{MessageOutcome, Store, StoreError};
+use las_worker::domain::message::{Inbound, parse};
 
 fn message(path: &str, message_id: &str) -> Inbound {
     let text = std::fs::read_to_string(format!(

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use backon::ExponentialBuilder;
 use common::Db;
-use las_worker::mail::{DispatchSettings, Dispatcher, HttpTransport, Transport};
-use las_worker::metrics::Metrics;
-use las_worker::store::Store;
+use las_worker::adapters::db::Store;
+use las_worker::adapters::mail::{HttpTransport, Transport};
+use las_worker::adapters::metrics::Metrics;
+use las_worker::app::mail_relay::{DispatchSettings, Dispatcher};
 use wiremock::matchers::{header, header_exists, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 

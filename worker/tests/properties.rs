@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 use las_contracts::{GuardianRecord, LasSystem, StaffRecord};
-use las_worker::inbound;
-use las_worker::rules::{self, LasProfile, Outcome, Profile, SchoolSettings};
+use las_worker::domain::message as inbound;
+use las_worker::domain::rules::{self, LasProfile, Outcome, Profile, SchoolSettings};
 use proptest::prelude::*;
 
 fn school(system: LasSystem) -> SchoolSettings {

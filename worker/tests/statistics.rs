@@ -7,7 +7,7 @@
 mod common;
 
 use common::Db;
-use las_worker::store::{AnalyzeMarks, Store};
+use las_worker::adapters::db::{AnalyzeMarks, Store};
 
 impl Db {
     async fn analyzed(&self, table: &str) -> bool {

@@ -2,7 +2,7 @@
 //! LAS export to the broker's own limit, with every message durably applied?
 //!
 //! One run, same queue type (quorum, `x-delivery-limit` 20, declared by
-//! `las_worker::bus::declare_topology`) and the same prefetch everywhere:
+//! `las_worker::adapters::amqp::declare_topology`) and the same prefetch everywhere:
 //!
 //! * **raw** (a): a lapin consumer that only acknowledges, with the worker's
 //!   ack pattern (one multiple ack per batch of `BATCH_SIZE`, or after
@@ -1001,7 +1001,7 @@ impl World {
         // The topology exactly as the worker declares it.
         let conn = w.amqp().await?;
         let ch = conn.create_channel().await?;
-        las_worker::bus::declare_topology(&ch, DELIVERY_LIMIT).await?;
+        las_worker::adapters::amqp::declare_topology(&ch, DELIVERY_LIMIT).await?;
         let _ = conn.close(200, "done".into()).await;
         Ok(w)
     }

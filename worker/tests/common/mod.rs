@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
-use las_worker::store::Store;
+use las_worker::adapters::db::Store;
 use sqlx::PgPool;
 
 pub const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -1,0 +1,299 @@
+//! The `portal_groups` table (R7): LAS groups, the first run's mapping.
+
+use std::collections::HashMap;
+
+use las_contracts::{Change, LasChangeV1};
+use sqlx::{Postgres, Transaction};
+
+use super::*;
+use crate::domain::outcome::{BatchEffects, MessageOutcome};
+use crate::domain::rules::{self, Decision};
+
+/// R7 first run: each mapped portal group takes its LAS key (a later
+/// `group.upserted` renames it and it keeps its group-bound items); portal
+/// groups no LAS group maps to are detached and listed as leftovers. When the
+/// LAS group already arrived, the group the worker made for it steps aside.
+pub(super) async fn first_run(
+    tx: &mut Transaction<'_, Postgres>,
+    school_id: i64,
+    mapping: &[las_contracts::GroupMapping],
+) -> Result<(), StoreError> {
+    let keys: Vec<String> = mapping
+        .iter()
+        .map(|m| m.las_group_key.trim().to_owned())
+        .collect();
+    let ids: Vec<i64> = mapping.iter().map(|m| m.portal_group_id).collect();
+    sqlx::query(
+        "UPDATE portal_groups g SET las_key = NULL, status = 'detached', updated_at = now()
+         FROM UNNEST($2::text[], $3::int8[]) AS t(k, id)
+         WHERE g.school_id = $1 AND g.las_key = t.k AND g.id <> t.id",
+    )
+    .bind(school_id)
+    .bind(&keys)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE portal_groups g SET las_key = t.k, status = 'active', updated_at = now()
+         FROM UNNEST($2::text[], $3::int8[]) AS t(k, id)
+         WHERE g.school_id = $1 AND g.id = t.id",
+    )
+    .bind(school_id)
+    .bind(&keys)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE portal_groups SET status = 'detached', updated_at = now()
+         WHERE school_id = $1 AND las_key IS NULL AND group_type <> 'intake' AND status = 'active'",
+    )
+    .bind(school_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE schools SET first_run_at = now() WHERE id = $1")
+        .bind(school_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Groups (R7): the newest version per group wins; the rules decide the
+/// shape (year group, composite, alias of a year group, skipped). A removed
+/// group is detached and emptied, never deleted. A subclass's students are its
+/// members (source `group`).
+pub(super) async fn apply_groups(
+    tx: &mut Transaction<'_, Postgres>,
+    msgs: &[(usize, &LasChangeV1, i64)],
+    schools: &HashMap<i64, &SchoolRow>,
+    outcomes: &mut [Option<MessageOutcome>],
+    journal: &mut Journal,
+    effects: &mut BatchEffects,
+) -> Result<(), StoreError> {
+    // Newest per (school, key) in this batch; older ones in the batch are stale.
+    let mut newest: HashMap<(i64, String), (usize, &LasChangeV1)> = HashMap::new();
+    for (i, c, s) in msgs {
+        let Some(key) = c.change.las_key() else {
+            continue;
+        };
+        let k = (*s, key.trim().to_owned());
+        match newest.get(&k) {
+            Some((_, prev)) if prev.version >= c.version => {
+                outcomes[*i] = Some(MessageOutcome::Stale);
+            }
+            Some((j, _)) => {
+                outcomes[*j] = Some(MessageOutcome::Stale);
+                newest.insert(k, (*i, c));
+            }
+            None => {
+                newest.insert(k, (*i, c));
+            }
+        }
+    }
+    type Newest<'a> = ((i64, String), (usize, &'a LasChangeV1));
+    let mut rows: Vec<Newest> = newest.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut school = Vec::new();
+    let mut key = Vec::new();
+    let mut name: Vec<Option<String>> = Vec::new();
+    let mut las_kind: Vec<Option<&'static str>> = Vec::new();
+    let mut group_type: Vec<Option<&'static str>> = Vec::new();
+    let mut maps_to: Vec<Option<String>> = Vec::new();
+    let mut status = Vec::new();
+    let mut years: Vec<String> = Vec::new();
+    let mut students: Vec<String> = Vec::new();
+    let mut version = Vec::new();
+    let mut message = Vec::new();
+    let mut decisions_of: HashMap<(i64, String), Decision> = HashMap::new();
+    for ((s, k), (_, c)) in &rows {
+        school.push(*s);
+        key.push(k.clone());
+        version.push(c.version as i64);
+        message.push(c.message_id);
+        match (&c.change, schools.get(s)) {
+            (Change::GroupUpserted(g), Some(sch)) => {
+                let (shape, decision) = match rules::plan_group(g, &sch.settings) {
+                    Ok(p) => p,
+                    // Checked before the message was accepted; kept total here.
+                    Err(_) => (
+                        rules::GroupShape::Skipped,
+                        Decision {
+                            rule: rules::Rule::R7,
+                            action: rules::Action::CompositeSkipped,
+                            field: None,
+                        },
+                    ),
+                };
+                decisions_of.insert((*s, k.clone()), decision);
+                name.push(rules::normalize(&g.name));
+                las_kind.push(Some(g.kind.as_str()));
+                group_type.push(Some(shape.group_type()));
+                maps_to.push(match &shape {
+                    rules::GroupShape::Alias(y) => Some(y.clone()),
+                    _ => None,
+                });
+                status.push(if shape == rules::GroupShape::Skipped {
+                    "skipped"
+                } else {
+                    "active"
+                });
+                years.push(join_keys(&g.year_group_keys));
+                students.push(if g.kind == las_contracts::GroupKind::Subclass {
+                    join_keys(&g.student_keys)
+                } else {
+                    String::new()
+                });
+            }
+            _ => {
+                decisions_of.insert(
+                    (*s, k.clone()),
+                    Decision {
+                        rule: rules::Rule::R7,
+                        action: rules::Action::Detached,
+                        field: None,
+                    },
+                );
+                name.push(None);
+                las_kind.push(None);
+                group_type.push(None);
+                maps_to.push(None);
+                status.push("detached");
+                years.push(String::new());
+                students.push(String::new());
+            }
+        }
+    }
+    let applied: Vec<(i64, String, String, bool)> = sqlx::query_as(
+        "INSERT INTO portal_groups (school_id, las_key, name, las_kind, group_type, maps_to_key, status, year_group_keys, student_keys, version, last_message_id)
+         SELECT s, k, n, lk, COALESCE(gt, 'year'), mt, st,
+                CASE WHEN y = '' THEN '{}'::text[] ELSE string_to_array(y, chr(31)) END,
+                CASE WHEN sk = '' THEN '{}'::text[] ELSE string_to_array(sk, chr(31)) END, v, m
+         FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::uuid[])
+              AS t(s, k, n, lk, gt, mt, st, y, sk, v, m)
+         ORDER BY s, k
+         ON CONFLICT (school_id, las_key) DO UPDATE SET
+             name = CASE WHEN EXCLUDED.status = 'detached' THEN portal_groups.name ELSE EXCLUDED.name END,
+             las_kind = COALESCE(EXCLUDED.las_kind, portal_groups.las_kind),
+             group_type = CASE WHEN EXCLUDED.las_kind IS NULL THEN portal_groups.group_type ELSE EXCLUDED.group_type END,
+             maps_to_key = CASE WHEN EXCLUDED.las_kind IS NULL THEN portal_groups.maps_to_key ELSE EXCLUDED.maps_to_key END,
+             status = EXCLUDED.status,
+             year_group_keys = EXCLUDED.year_group_keys,
+             student_keys = EXCLUDED.student_keys,
+             version = EXCLUDED.version,
+             last_message_id = EXCLUDED.last_message_id,
+             updated_at = now()
+         WHERE portal_groups.version < EXCLUDED.version
+         RETURNING school_id, las_key, status, (xmax = 0) AS inserted",
+    )
+    .bind(&school)
+    .bind(&key)
+    .bind(&name)
+    .bind(&las_kind)
+    .bind(&group_type)
+    .bind(&maps_to)
+    .bind(&status)
+    .bind(&years)
+    .bind(&students)
+    .bind(&version)
+    .bind(&message)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (s, k, st, inserted) in &applied {
+        if *inserted
+            && st == "active"
+            && let Some(school) = schools.get(s)
+        {
+            effects.events.push(
+                las_contracts::SyncEventType::GroupCreated,
+                &school.brin,
+                None,
+                Some("group"),
+                Some(k),
+                vec![],
+                None,
+            );
+        }
+    }
+    let applied_keys: HashMap<(i64, String), String> = applied
+        .into_iter()
+        .map(|(s, k, st, _)| ((s, k), st))
+        .collect();
+    let mut replace_school = Vec::new();
+    let mut replace_key = Vec::new();
+    let mut ins_school = Vec::new();
+    let mut ins_key = Vec::new();
+    let mut ins_student = Vec::new();
+    for (idx, (k, (i, c))) in rows.iter().enumerate() {
+        if !applied_keys.contains_key(k) {
+            outcomes[*i] = Some(MessageOutcome::Stale);
+            continue;
+        }
+        let decisions: Vec<Decision> = decisions_of.get(k).copied().into_iter().collect();
+        journal.push(
+            k.0,
+            c.message_id,
+            "group",
+            &k.1,
+            c.version as i64,
+            &decisions,
+        );
+        outcomes[*i] = Some(MessageOutcome::Applied { decisions });
+        // Members that come from the group itself: emptied on removal,
+        // replaced by a subclass's student list.
+        replace_school.push(k.0);
+        replace_key.push(k.1.clone());
+        if status[idx] == "detached" {
+            // R7: a removed group is emptied of every member, whatever the source.
+            continue;
+        }
+        for st in students[idx].split(KEY_SEP).filter(|s| !s.is_empty()) {
+            ins_school.push(k.0);
+            ins_key.push(k.1.clone());
+            ins_student.push(st.to_owned());
+        }
+    }
+    if !replace_school.is_empty() {
+        sqlx::query(
+            "DELETE FROM memberships m USING UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, st)
+             WHERE m.school_id = t.s AND m.group_key = t.k AND (m.source = 'group' OR t.st = 'detached')",
+        )
+        .bind(&replace_school)
+        .bind(&replace_key)
+        .bind(
+            rows.iter()
+                .enumerate()
+                .filter(|(_, (k, _))| applied_keys.contains_key(k))
+                .map(|(idx, _)| status[idx])
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !ins_school.is_empty() {
+        sqlx::query(
+            "INSERT INTO memberships (school_id, group_key, member_kind, member_key, source)
+             SELECT s, k, 'student', st, 'group' FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, st)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ins_school)
+        .bind(&ins_key)
+        .bind(&ins_student)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Separator for key lists passed as one text per row (`chr(31)` in SQL): the
+/// ASCII unit separator, which no LAS key contains.
+pub(super) const KEY_SEP: &str = "\u{1f}";
+
+pub(super) fn join_keys(keys: &Option<Vec<String>>) -> String {
+    let mut v: Vec<String> = keys
+        .iter()
+        .flatten()
+        .filter_map(|k| rules::normalize(&Some(k.clone())))
+        .collect();
+    v.sort();
+    v.dedup();
+    v.join(KEY_SEP)
+}

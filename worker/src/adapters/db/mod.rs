@@ -1,0 +1,81 @@
+//! PostgreSQL, the portal's database: THE IMPERATIVE SHELL for data. The pool
+//! and migrations here; [`batch`] orders a batch's statements; one file per
+//! table group holds its SQL. Nothing here decides a rule: decisions come
+//! from `crate::domain`.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub mod batch;
+pub mod email_outbox;
+pub mod error;
+pub mod event_outbox;
+pub mod groups;
+pub mod guardians;
+pub mod journal;
+pub mod maintenance;
+pub mod memberships;
+pub mod profiles;
+pub mod rollover;
+pub mod schools;
+pub mod snapshots;
+pub mod suggestions;
+pub mod views;
+
+pub use crate::domain::outcome::{BatchEffects, Events, MessageOutcome};
+pub use email_outbox::OutboxEmail;
+use error::lost_insert_race;
+pub use error::{StoreError, classify};
+pub use maintenance::{AnalyzeMarks, DailyReport};
+pub use schools::SchoolView;
+pub use snapshots::SnapshotView;
+pub use suggestions::SuggestionView;
+pub use views::{GroupRef, Leftover, LinkRef, ProfileView};
+
+// The table groups share their helpers (row mappers, column lists, the
+// profile slots of a batch) through this module.
+#[allow(unused_imports)]
+use {
+    email_outbox::*, event_outbox::*, groups::*, guardians::*, journal::*, maintenance::*,
+    memberships::*, profiles::*, rollover::*, schools::*, snapshots::*, suggestions::*,
+};
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let opts: PgConnectOptions = url.parse().map_err(StoreError::Transient)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(classify)?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the migrations in `worker/migrations`; safe to run at every start
+    /// and from several replicas at once (sqlx takes an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! The school year rollover (R11).
+
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::*;
+use crate::domain::outcome::BatchEffects;
+use crate::domain::rules::{self, ProfileKind};
+
+pub(super) fn static_kind(kind: &str) -> &'static str {
+    ProfileKind::parse(kind)
+        .map(ProfileKind::as_str)
+        .unwrap_or("unknown")
+}
+
+/// R11: the school year rolled over to `school_year` (e.g. `2026-2027`): every
+/// group-bound item is unlinked from its year or composite group (kept,
+/// unpublished), and the absence reports, leave requests and after-school-care
+/// registrations of earlier years are deleted. Once per school and year.
+pub(super) async fn rollover(
+    tx: &mut Transaction<'_, Postgres>,
+    school: &SchoolRow,
+    school_year: &str,
+    message_id: Uuid,
+    effects: &mut BatchEffects,
+) -> Result<rules::Action, StoreError> {
+    let year = school_year.trim();
+    let first = sqlx::query(
+        "INSERT INTO school_year_rollovers (school_id, school_year, message_id, items_unlinked, records_deleted)
+         VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(school.id)
+    .bind(year)
+    .bind(message_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if first == 0 {
+        return Ok(rules::Action::AlreadyRolledOver);
+    }
+    let unlinked = sqlx::query(
+        "UPDATE group_items i SET unlinked_from_group_id = i.group_id, unlinked_at = now(), group_id = NULL
+         FROM portal_groups g
+         WHERE i.group_id = g.id AND g.school_id = $1 AND g.group_type IN ('year', 'composite', 'alias')",
+    )
+    .bind(school.id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let mut deleted = 0;
+    for table in [
+        "absence_reports",
+        "leave_requests",
+        "after_school_care_registrations",
+    ] {
+        deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE school_id = $1 AND school_year < $2"
+        )))
+        .bind(school.id)
+        .bind(year)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+    sqlx::query("UPDATE school_year_rollovers SET items_unlinked = $3, records_deleted = $4 WHERE school_id = $1 AND school_year = $2")
+        .bind(school.id)
+        .bind(year)
+        .bind(unlinked as i32)
+        .bind(deleted as i32)
+        .execute(&mut **tx)
+        .await?;
+    tracing::info!(brin = %school.brin, school_year = year, items_unlinked = unlinked, records_deleted = deleted, "school year rolled over (R11)");
+    effects.rollovers.push((year.to_owned(), unlinked, deleted));
+    Ok(rules::Action::RolledOver)
+}

@@ -1,0 +1,242 @@
+//! The `schools` table: link settings (R6) and the first run's group mapping.
+
+use std::collections::HashMap;
+
+use las_contracts::{LasSystem, PortalLinkV1, RejectReason};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::*;
+use crate::domain::message::Rejection;
+use crate::domain::outcome::MessageOutcome;
+use crate::domain::rules::{self, Decision, SchoolSettings};
+
+#[derive(Debug, Clone)]
+pub(super) struct SchoolRow {
+    pub(super) id: i64,
+    pub(super) brin: String,
+    pub(super) settings: SchoolSettings,
+}
+
+pub(super) fn settings_from_row(
+    row: &sqlx::postgres::PgRow,
+) -> Result<SchoolSettings, sqlx::Error> {
+    let system: String = row.try_get("las_system")?;
+    Ok(SchoolSettings {
+        system: LasSystem::parse(&system).unwrap_or(LasSystem::Parnassys),
+        environment_id: row.try_get("environment_id")?,
+        label: row.try_get("environment_label")?,
+        intake_weeks_ahead: row
+            .try_get::<Option<i32>, _>("intake_weeks_ahead")?
+            .map(|w| w.max(0) as u32),
+        default_staff_role: row.try_get("default_staff_role")?,
+        link_staff_to_groups: row.try_get("link_staff_to_groups")?,
+        esis_composite_groups: row.try_get("esis_composite_groups")?,
+        retention_days: row.try_get::<i32, _>("retention_days")?.max(0) as u32,
+        snapshot_guard_percent: row
+            .try_get::<i32, _>("snapshot_guard_percent")?
+            .clamp(0, 100) as u32,
+    })
+}
+
+pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent";
+
+pub(super) async fn load_schools(
+    tx: &mut Transaction<'_, Postgres>,
+    brins: &[String],
+) -> Result<HashMap<String, SchoolRow>, StoreError> {
+    if brins.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SCHOOL_COLUMNS} FROM schools WHERE brin = ANY($1)"
+    )))
+    .bind(brins)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let brin: String = row.try_get("brin")?;
+        out.insert(
+            brin.clone(),
+            SchoolRow {
+                id: row.try_get("id")?,
+                brin,
+                settings: settings_from_row(&row)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// R6: link a school to its one LAS environment, or change its settings.
+pub(super) async fn apply_link(
+    tx: &mut Transaction<'_, Postgres>,
+    link: &PortalLinkV1,
+) -> Result<MessageOutcome, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SCHOOL_COLUMNS} FROM schools WHERE brin = $1 FOR UPDATE"
+    )))
+    .bind(&link.brin)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let existing = row.as_ref().map(settings_from_row).transpose()?;
+    let settings = match rules::link_settings(existing.as_ref(), link) {
+        Ok(s) => s,
+        Err(r) => {
+            return Ok(MessageOutcome::Rejected(
+                Rejection::new(r.reason, r.text).with_message_id(link.message_id),
+            ));
+        }
+    };
+    // R7 first run: the mapping must name portal groups of this school.
+    let mapping_entries = link.group_mapping.clone().unwrap_or_default();
+    let school_id: Option<i64> = match &row {
+        Some(r) => Some(r.try_get("id")?),
+        None => None,
+    };
+    let first_run_done: bool = match school_id {
+        Some(id) => {
+            sqlx::query_scalar("SELECT first_run_at IS NOT NULL FROM schools WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut **tx)
+                .await?
+        }
+        None => false,
+    };
+    if !mapping_entries.is_empty() && !first_run_done {
+        let ids: Vec<i64> = mapping_entries.iter().map(|m| m.portal_group_id).collect();
+        let found: Vec<i64> = match school_id {
+            Some(id) => {
+                sqlx::query_scalar(
+                    "SELECT id FROM portal_groups WHERE school_id = $1 AND id = ANY($2)",
+                )
+                .bind(id)
+                .bind(&ids)
+                .fetch_all(&mut **tx)
+                .await?
+            }
+            None => vec![],
+        };
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|i| !found.contains(i))
+            .map(|i| i.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Ok(MessageOutcome::Rejected(
+                Rejection::new(
+                    RejectReason::ValidationFailed,
+                    format!(
+                        "group_mapping names portal group(s) {} that do not exist in the portal of BRIN {}; correct the mapping and send the link again (R7)",
+                        missing.join(", "),
+                        link.brin
+                    ),
+                )
+                .with_message_id(link.message_id),
+            ));
+        }
+    }
+    let fresh = sqlx::query(
+        "INSERT INTO processed_messages (message_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(link.message_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if fresh == 0 {
+        return Ok(MessageOutcome::Duplicate);
+    }
+    let mapping =
+        serde_json::to_value(link.group_mapping.clone().unwrap_or_default()).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO schools (brin, las_system, environment_id, environment_label, intake_weeks_ahead,
+             default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, group_mapping,
+             snapshot_guard_percent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (brin) DO UPDATE SET
+             environment_label = EXCLUDED.environment_label,
+             intake_weeks_ahead = EXCLUDED.intake_weeks_ahead,
+             default_staff_role = EXCLUDED.default_staff_role,
+             link_staff_to_groups = EXCLUDED.link_staff_to_groups,
+             esis_composite_groups = EXCLUDED.esis_composite_groups,
+             retention_days = EXCLUDED.retention_days,
+             group_mapping = EXCLUDED.group_mapping,
+             snapshot_guard_percent = EXCLUDED.snapshot_guard_percent,
+             updated_at = now()",
+    )
+    .bind(&link.brin)
+    .bind(settings.system.as_str())
+    .bind(&settings.environment_id)
+    .bind(&settings.label)
+    .bind(settings.intake_weeks_ahead.map(|w| w as i32))
+    .bind(&settings.default_staff_role)
+    .bind(settings.link_staff_to_groups)
+    .bind(settings.esis_composite_groups)
+    .bind(settings.retention_days.min(i32::MAX as u32) as i32)
+    .bind(mapping)
+    .bind(settings.snapshot_guard_percent.min(100) as i32)
+    .execute(&mut **tx)
+    .await?;
+    let decision = if existing.is_some() {
+        rules::Action::Overwritten
+    } else {
+        rules::Action::Created
+    };
+    let mut decisions = vec![Decision {
+        rule: rules::Rule::R6,
+        action: decision,
+        field: None,
+    }];
+    if let Some(id) = school_id
+        && !mapping_entries.is_empty()
+    {
+        if first_run_done {
+            tracing::warn!(brin = %link.brin, "group_mapping ignored: the first run of this school already happened");
+        } else {
+            first_run(tx, id, &mapping_entries).await?;
+            decisions.push(Decision {
+                rule: rules::Rule::R7,
+                action: rules::Action::MappedToYearGroup,
+                field: None,
+            });
+        }
+    }
+    Ok(MessageOutcome::Applied { decisions })
+}
+
+type Timestamp = Option<chrono::DateTime<chrono::Utc>>;
+
+/// A school's link settings (the `portal.link.v1` field names) and sync times.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct SchoolView {
+    pub brin: String,
+    pub system: String,
+    pub environment_id: String,
+    pub label: Option<String>,
+    pub intake_weeks_ahead: Option<i32>,
+    pub default_staff_role: String,
+    pub link_staff_to_groups: bool,
+    pub esis_composite_groups: bool,
+    pub retention_days: i32,
+    pub group_mapping: serde_json::Value,
+    pub first_run_at: Timestamp,
+    pub last_sync_at: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Store {
+    /// The settings a school has now.
+    pub async fn school_view(&self, brin: &str) -> Result<Option<SchoolView>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT brin, las_system AS system, environment_id, environment_label AS label,
+                intake_weeks_ahead, default_staff_role, link_staff_to_groups,
+                esis_composite_groups, retention_days, group_mapping, first_run_at,
+                last_sync_at, created_at, updated_at
+         FROM schools WHERE brin = $1",
+        )
+        .bind(brin)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}

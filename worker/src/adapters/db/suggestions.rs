@@ -1,0 +1,333 @@
+//! R10: parent edits become suggestions with their e-mails, in the transaction
+//! that consumes the edit; operators list and discard them.
+
+use las_contracts::RejectReason;
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::*;
+use crate::domain::message::Rejection;
+use crate::domain::outcome::{BatchEffects, MessageOutcome};
+use crate::domain::rules::{self, Contact, Decision};
+
+/// R10: a parent's edit becomes a suggestion, with one outbox e-mail per
+/// recipient, in the transaction that consumes the message.
+pub(super) async fn apply_parent_edit(
+    tx: &mut Transaction<'_, Postgres>,
+    edit: &las_contracts::ParentEditV1,
+    effects: &mut BatchEffects,
+) -> Result<MessageOutcome, StoreError> {
+    let reject = |reason: RejectReason, text: String| {
+        Ok(MessageOutcome::Rejected(
+            Rejection::new(reason, text).with_message_id(edit.message_id),
+        ))
+    };
+    let Some(school) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SCHOOL_COLUMNS} FROM schools WHERE brin = $1"
+    )))
+    .bind(&edit.brin)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return reject(
+            RejectReason::UnknownBrin,
+            format!("no portal is linked to BRIN {} (R6)", edit.brin),
+        );
+    };
+    let school_id: i64 = school.try_get("id")?;
+    let settings = settings_from_row(&school)?;
+    let key = edit
+        .guardian_las_key
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or("");
+    let Some(g) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id, las_key, status, {CONTACT_COLUMNS} FROM profiles
+         WHERE school_id = $1 AND kind = 'guardian' AND status <> 'pending'
+           AND (las_key = $2 OR id = $3)
+         ORDER BY (las_key = $2) DESC LIMIT 1"
+    )))
+    .bind(school_id)
+    .bind(key)
+    .bind(edit.guardian_profile_id.unwrap_or(-1))
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return reject(
+            RejectReason::ValidationFailed,
+            format!(
+                "no guardian {} in the portal of BRIN {}; the edit cannot be matched to a profile",
+                if key.is_empty() {
+                    format!(
+                        "with profile id {}",
+                        edit.guardian_profile_id.unwrap_or_default()
+                    )
+                } else {
+                    format!("with LAS key {key}")
+                },
+                edit.brin
+            ),
+        );
+    };
+    let fresh = sqlx::query(
+        "INSERT INTO processed_messages (message_id, school_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(edit.message_id)
+    .bind(school_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if fresh == 0 {
+        return Ok(MessageOutcome::Duplicate);
+    }
+    let guardian_id: i64 = g.try_get("id")?;
+    let guardian_key: String = g.try_get("las_key")?;
+    let contact = contact_from_row(&g)?;
+    let plan = crate::domain::rules::suggestions::plan(settings.system, &contact, &edit.changes);
+    if plan.changes.is_empty() {
+        return Ok(MessageOutcome::Applied {
+            decisions: vec![Decision {
+                rule: rules::Rule::R10,
+                action: rules::Action::NotASuggestion,
+                field: None,
+            }],
+        });
+    }
+    let students: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT s.first_name, s.name_prefix, s.last_name FROM guardian_students gs
+         JOIN profiles s ON s.school_id = gs.school_id AND s.kind = 'student' AND s.las_key = gs.student_key
+         WHERE gs.school_id = $1 AND gs.guardian_key = $2 AND s.status = 'active'
+         ORDER BY s.las_key",
+    )
+    .bind(school_id)
+    .bind(&guardian_key)
+    .fetch_all(&mut **tx)
+    .await?;
+    let users = school_users(&mut **tx, school_id).await?;
+    let recipients = crate::domain::rules::suggestions::recipients(&users);
+    let suggestion_id: i64 = sqlx::query_scalar(
+        "INSERT INTO suggestions (school_id, message_id, guardian_profile_id, edited_at, recipients)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(school_id)
+    .bind(edit.message_id)
+    .bind(guardian_id)
+    .bind(edit.edited_at)
+    .bind(recipients.len() as i32)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO suggestion_fields (suggestion_id, field, current_value, proposed_value)
+         SELECT $1, f, c, p FROM UNNEST($2::text[], $3::text[], $4::text[]) AS t(f, c, p)",
+    )
+    .bind(suggestion_id)
+    .bind(
+        plan.changes
+            .iter()
+            .map(|c| c.field.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        plan.changes
+            .iter()
+            .map(|c| c.current.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        plan.changes
+            .iter()
+            .map(|c| c.proposed.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    let ctx = crate::domain::rules::suggestions::EmailContext {
+        brin: edit.brin.clone(),
+        system: settings.system,
+        guardian_name: crate::domain::rules::suggestions::full_name(&contact),
+        guardian_las_key: guardian_key.clone(),
+        student_names: students
+            .into_iter()
+            .map(|(f, p, l)| {
+                crate::domain::rules::suggestions::full_name(&Contact {
+                    first_name: f,
+                    name_prefix: p,
+                    last_name: l,
+                    ..Contact::default()
+                })
+            })
+            .filter(|n| !n.is_empty())
+            .collect(),
+        changes: plan.changes.clone(),
+    };
+    for r in &recipients {
+        let mail = crate::domain::rules::suggestions::render(&ctx, &r.display_name);
+        // Deterministic: the same suggestion and recipient always give the same key.
+        let key = Uuid::new_v5(&edit.message_id, &r.id.to_be_bytes());
+        sqlx::query(
+            "INSERT INTO email_outbox (school_id, suggestion_id, recipient_user_id, to_address, subject, body_text, body_html, idempotency_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(school_id)
+        .bind(suggestion_id)
+        .bind(r.id)
+        .bind(r.email.trim())
+        .bind(&mail.subject)
+        .bind(&mail.text)
+        .bind(&mail.html)
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    }
+    effects.suggestions_opened += 1;
+    effects.emails_queued += recipients.len() as u64;
+    if recipients.is_empty() {
+        effects.suggestions_without_recipients += 1;
+        tracing::warn!(brin = %edit.brin, suggestion_id, "school has no recipients for suggestions (no link administrator, nobody with the notify-contact-changes right); the suggestion is kept");
+    }
+    let mut decisions: Vec<Decision> = plan
+        .changes
+        .iter()
+        .map(|c| Decision {
+            rule: rules::Rule::R10,
+            action: rules::Action::SuggestionOpened,
+            field: Some(c.field),
+        })
+        .collect();
+    if !plan.ignored.is_empty() {
+        decisions.push(Decision {
+            rule: rules::Rule::R10,
+            action: rules::Action::NotASuggestion,
+            field: None,
+        });
+    }
+    Ok(MessageOutcome::Applied { decisions })
+}
+
+pub(super) async fn school_users<'e, E: sqlx::PgExecutor<'e>>(
+    exec: E,
+    school_id: i64,
+) -> Result<Vec<crate::domain::rules::suggestions::PortalUser>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT u.id, u.display_name, u.email, u.role, u.active,
+                EXISTS (SELECT 1 FROM portal_user_rights r WHERE r.user_id = u.id AND r.\"right\" = 'notify_contact_changes') AS notify_contact_changes
+         FROM portal_users u WHERE u.school_id = $1 ORDER BY u.id",
+    )
+    .bind(school_id)
+    .fetch_all(exec)
+    .await?)
+}
+
+/// R10: an open suggestion is resolved when the LAS brings every proposed value.
+pub(super) async fn resolve_suggestions(
+    tx: &mut Transaction<'_, Postgres>,
+    guardians: &[i64],
+    effects: &mut BatchEffects,
+) -> Result<(), StoreError> {
+    if guardians.is_empty() {
+        return Ok(());
+    }
+    let took: Vec<f64> = sqlx::query_scalar(
+        "UPDATE suggestions s SET status = 'resolved', closed_at = now(), closed_reason = 'las_import'
+         FROM profiles p
+         WHERE s.status = 'open' AND p.id = s.guardian_profile_id AND p.id = ANY($1)
+           AND NOT EXISTS (
+               SELECT 1 FROM suggestion_fields f WHERE f.suggestion_id = s.id
+                 AND f.proposed_value IS DISTINCT FROM (CASE f.field
+                     WHEN 'first_name' THEN p.first_name WHEN 'name_prefix' THEN p.name_prefix
+                     WHEN 'last_name' THEN p.last_name WHEN 'street' THEN p.street
+                     WHEN 'postcode' THEN p.postcode WHEN 'city' THEN p.city
+                     WHEN 'phone' THEN p.phone WHEN 'mobile' THEN p.mobile
+                     WHEN 'emergency_phone' THEN p.emergency_phone WHEN 'email' THEN p.email END))
+         RETURNING EXTRACT(EPOCH FROM (now() - s.edited_at))::float8",
+    )
+    .bind(guardians)
+    .fetch_all(&mut **tx)
+    .await?;
+    effects.suggestions_resolved.extend(took);
+    Ok(())
+}
+
+/// A suggestion as support sees it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct SuggestionView {
+    pub id: i64,
+    pub guardian_las_key: String,
+    pub status: String,
+    pub fields: Vec<String>,
+    pub recipients: i32,
+    pub emails_sent: i64,
+    pub emails_pending: i64,
+    pub emails_failed: i64,
+    pub edited_at: chrono::DateTime<chrono::Utc>,
+    pub closed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub closed_reason: Option<String>,
+}
+
+impl Store {
+    /// R10: who receives suggestions for a school.
+    pub async fn recipients(
+        &self,
+        brin: &str,
+    ) -> Result<Option<Vec<crate::domain::rules::suggestions::PortalUser>>, StoreError> {
+        let Some(id): Option<i64> = sqlx::query_scalar("SELECT id FROM schools WHERE brin = $1")
+            .bind(brin)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let users = school_users(&self.pool, id).await?;
+        Ok(Some(
+            crate::domain::rules::suggestions::recipients(&users)
+                .into_iter()
+                .cloned()
+                .collect(),
+        ))
+    }
+
+    /// Suggestions of a school, newest first.
+    pub async fn suggestions(
+        &self,
+        brin: &str,
+        status: Option<&str>,
+    ) -> Result<Vec<SuggestionView>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.id, p.las_key AS guardian_las_key, s.status,
+                    ARRAY(SELECT f.field FROM suggestion_fields f WHERE f.suggestion_id = s.id ORDER BY f.field) AS fields,
+                    s.recipients,
+                    (SELECT count(*) FROM email_outbox e WHERE e.suggestion_id = s.id AND e.status = 'sent') AS emails_sent,
+                    (SELECT count(*) FROM email_outbox e WHERE e.suggestion_id = s.id AND e.status IN ('pending', 'sending')) AS emails_pending,
+                    (SELECT count(*) FROM email_outbox e WHERE e.suggestion_id = s.id AND e.status = 'failed') AS emails_failed,
+                    s.edited_at, s.closed_at, s.closed_reason
+             FROM suggestions s JOIN schools sc ON sc.id = s.school_id JOIN profiles p ON p.id = s.guardian_profile_id
+             WHERE sc.brin = $1 AND ($2::text IS NULL OR s.status = $2)
+             ORDER BY s.id DESC",
+        )
+        .bind(brin)
+        .bind(status)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// An operator discards an open suggestion; its unsent e-mails are cancelled.
+    /// Returns false when there is no such open suggestion.
+    pub async fn discard_suggestion(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE suggestions SET status = 'discarded', closed_at = now(), closed_reason = $2
+             WHERE id = $1 AND status = 'open'",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE email_outbox SET status = 'cancelled' WHERE suggestion_id = $1 AND status = 'pending'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,380 @@
+//! Every metric the worker exports, defined in one place.
+//!
+//! Naming follows Prometheus conventions: `las_` prefix, base units
+//! (`_seconds`, `_bytes`), `_total` for counters. Labels are bounded sets
+//! (message types, outcomes, rule ids, reasons, profile kinds); BRIN appears
+//! only on the per-school last-sync gauge. No label ever carries personal data.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Messages by type and outcome (applied, duplicate, stale, rejected).
+    pub messages: IntCounterVec,
+    /// Rule decisions by rule id and action.
+    pub decisions: IntCounterVec,
+    /// Profiles created, updated, deactivated, reactivated, by kind.
+    pub profiles: IntCounterVec,
+    /// Dead-lettered messages by reason code.
+    pub dead_letters: IntCounterVec,
+    /// Time to apply one batch, from first delivery to commit.
+    pub batch_seconds: HistogramVec,
+    /// Messages per batch.
+    pub batch_size: HistogramVec,
+    /// Now minus emitted_at, at commit.
+    pub lag_seconds: HistogramVec,
+    /// Transient failures that were retried, by component.
+    pub retries: IntCounterVec,
+    /// Broker (re)connections by queue.
+    pub connections: IntCounterVec,
+    /// Last successful sync per school (unix seconds).
+    pub last_sync: IntGaugeVec,
+    /// 1 while a consumer is connected and consuming.
+    pub consumer_up: IntGaugeVec,
+    /// Intake events (R9): placed, promoted, held back, stays.
+    pub intake: IntCounterVec,
+    /// Runs of the daily job, by outcome (ran, skipped: another replica or already done today).
+    pub daily_runs: IntCounterVec,
+    /// R10: suggestions by event (opened, resolved, discarded, no_recipients).
+    pub suggestions: IntCounterVec,
+    /// R10: seconds from a parent's edit to the LAS import that resolved it.
+    pub suggestion_resolution_seconds: prometheus::Histogram,
+    /// E-mails by outcome (sent, retry, failed) and reason.
+    pub emails: IntCounterVec,
+    /// E-mails waiting in the outbox (pending or being sent).
+    pub outbox_depth: IntGauge,
+    /// R11: items unlinked and year-bound records deleted by rollovers.
+    pub rollover: IntCounterVec,
+    /// R12: full snapshots by outcome (applied, held, released, discarded).
+    pub snapshots: IntCounterVec,
+    /// R12: full snapshots held for an operator right now.
+    pub snapshots_held: IntGauge,
+    /// R12: profiles whose personal data was purged after the retention period.
+    pub purged: prometheus::IntCounter,
+    /// Sync events published (confirmed by the broker).
+    pub events_published: prometheus::IntCounter,
+    /// Sync events waiting in the outbox.
+    pub event_outbox_depth: IntGauge,
+    /// Build info.
+    pub build_info: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+impl Metrics {
+    /// Builds the registry. Panics only on a programming error (a duplicate
+    /// or malformed metric name), which the unit test below catches.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(pc));
+        }
+        let messages = counter(
+            &registry,
+            "las_messages_total",
+            "Messages handled, by message type and outcome (applied, duplicate, stale, rejected).",
+            &["type", "outcome"],
+        );
+        let decisions = counter(
+            &registry,
+            "las_rule_decisions_total",
+            "Import rule decisions, by rule id (R1..R12) and action.",
+            &["rule", "action"],
+        );
+        let profiles = counter(
+            &registry,
+            "las_profiles_total",
+            "Profile changes, by kind (student, guardian, staff) and change (created, updated, deactivated, reactivated).",
+            &["kind", "change"],
+        );
+        let dead_letters = counter(
+            &registry,
+            "las_dead_letters_total",
+            "Messages moved to the dead-letter queue, by reason code.",
+            &["reason"],
+        );
+        let batch_seconds = histogram(
+            &registry,
+            "las_batch_processing_seconds",
+            "Time to apply one batch: parse, rules, database commit, dead-letter publishes.",
+            &["queue"],
+            vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        );
+        let batch_size = histogram(
+            &registry,
+            "las_batch_size_messages",
+            "Messages per applied batch.",
+            &["queue"],
+            vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+        );
+        let lag_seconds = histogram(
+            &registry,
+            "las_sync_lag_seconds",
+            "End-to-end lag of applied LAS messages: commit time minus emitted_at.",
+            &["type"],
+            vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ],
+        );
+        let retries = counter(
+            &registry,
+            "las_transient_retries_total",
+            "Transient failures retried with backoff, by component (database, broker).",
+            &["component"],
+        );
+        let connections = counter(
+            &registry,
+            "las_broker_connections_total",
+            "Broker connections opened, by queue; more than one means reconnects.",
+            &["queue"],
+        );
+        let last_sync = gauge_vec(
+            &registry,
+            "las_school_last_sync_timestamp_seconds",
+            "Unix time of the last applied LAS change, per school BRIN.",
+            &["brin"],
+        );
+        let consumer_up = gauge_vec(
+            &registry,
+            "las_consumer_up",
+            "1 while the consumer of a queue is connected and consuming.",
+            &["queue"],
+        );
+        let intake = counter(
+            &registry,
+            "las_intake_events_total",
+            "Children under 4 (R9): placed in intake, promoted out of intake, held back, staying in intake.",
+            &["event"],
+        );
+        let daily_runs = counter(
+            &registry,
+            "las_daily_job_runs_total",
+            "Daily job runs (intake promotion), by outcome.",
+            &["outcome"],
+        );
+        let suggestions = counter(
+            &registry,
+            "las_suggestions_total",
+            "Suggestions from parents' edits (R10), by event: opened, resolved, no_recipients.",
+            &["event"],
+        );
+        let suggestion_resolution_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new("las_suggestion_resolution_seconds", "Time from a parent's edit to the LAS import that brought the proposed values (R10).")
+                .buckets(vec![60.0, 600.0, 3600.0, 6.0 * 3600.0, 86400.0, 3.0 * 86400.0, 7.0 * 86400.0, 30.0 * 86400.0]),
+        )
+        .unwrap_or_else(|e| panic!("metric las_suggestion_resolution_seconds: {e}"));
+        registry
+            .register(Box::new(suggestion_resolution_seconds.clone()))
+            .unwrap_or_else(|e| panic!("metric las_suggestion_resolution_seconds: {e}"));
+        let emails = counter(
+            &registry,
+            "las_emails_total",
+            "E-mail send attempts, by outcome (sent, retry, failed) and reason (ok, rate_limited, server_error, timeout, connection, rejected).",
+            &["outcome", "reason"],
+        );
+        let outbox_depth = IntGauge::with_opts(Opts::new(
+            "las_email_outbox_depth",
+            "E-mails waiting in the outbox (pending or being sent).",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_email_outbox_depth: {e}"));
+        registry
+            .register(Box::new(outbox_depth.clone()))
+            .unwrap_or_else(|e| panic!("metric las_email_outbox_depth: {e}"));
+        let rollover = counter(
+            &registry,
+            "las_rollover_total",
+            "Year rollovers (R11): group-bound items unlinked and year-bound records deleted.",
+            &["action"],
+        );
+        let snapshots = counter(
+            &registry,
+            "las_snapshots_total",
+            "Full snapshots (R12) by outcome: applied, held, released, discarded.",
+            &["outcome"],
+        );
+        let snapshots_held = IntGauge::with_opts(Opts::new("las_snapshots_held", "Full snapshots held by the deletion guard or a count mismatch, waiting for an operator."))
+            .unwrap_or_else(|e| panic!("metric las_snapshots_held: {e}"));
+        registry
+            .register(Box::new(snapshots_held.clone()))
+            .unwrap_or_else(|e| panic!("metric las_snapshots_held: {e}"));
+        let purged = prometheus::IntCounter::with_opts(Opts::new(
+            "las_profiles_purged_total",
+            "Profiles whose personal data was purged after the retention period (R12).",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_profiles_purged_total: {e}"));
+        registry
+            .register(Box::new(purged.clone()))
+            .unwrap_or_else(|e| panic!("metric las_profiles_purged_total: {e}"));
+        let events_published = prometheus::IntCounter::with_opts(Opts::new(
+            "las_events_published_total",
+            "Sync events published on las.sync-events and confirmed by the broker.",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_events_published_total: {e}"));
+        registry
+            .register(Box::new(events_published.clone()))
+            .unwrap_or_else(|e| panic!("metric las_events_published_total: {e}"));
+        let event_outbox_depth = IntGauge::with_opts(Opts::new(
+            "las_event_outbox_depth",
+            "Sync events waiting in the outbox.",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_event_outbox_depth: {e}"));
+        registry
+            .register(Box::new(event_outbox_depth.clone()))
+            .unwrap_or_else(|e| panic!("metric las_event_outbox_depth: {e}"));
+        let build_info = IntGauge::with_opts(
+            Opts::new("las_build_info", "Build information; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .unwrap_or_else(|e| panic!("metric las_build_info: {e}"));
+        build_info.set(1);
+        registry
+            .register(Box::new(build_info.clone()))
+            .unwrap_or_else(|e| panic!("metric las_build_info: {e}"));
+        Metrics {
+            registry,
+            messages,
+            decisions,
+            profiles,
+            dead_letters,
+            batch_seconds,
+            batch_size,
+            lag_seconds,
+            retries,
+            connections,
+            last_sync,
+            consumer_up,
+            intake,
+            daily_runs,
+            suggestions,
+            suggestion_resolution_seconds,
+            emails,
+            outbox_depth,
+            rollover,
+            snapshots,
+            snapshots_held,
+            purged,
+            events_published,
+            event_outbox_depth,
+            build_info,
+        }
+    }
+
+    /// Creates the known series of the counters at zero, so that the first
+    /// dead letter, retry or failure is an increase an alert can see.
+    pub fn init_series(&self) {
+        for r in las_contracts::RejectReason::ALL {
+            self.dead_letters.with_label_values(&[r.as_str()]);
+        }
+        for c in ["database", "broker"] {
+            self.retries.with_label_values(&[c]);
+        }
+        for o in ["ran", "skipped", "failed"] {
+            self.daily_runs.with_label_values(&[o]);
+        }
+        for (o, r) in [
+            ("sent", "ok"),
+            ("retry", "rate_limited"),
+            ("retry", "server_error"),
+            ("retry", "timeout"),
+            ("retry", "connection"),
+            ("failed", "rejected"),
+        ] {
+            self.emails.with_label_values(&[o, r]);
+        }
+        for a in ["items_unlinked", "records_deleted"] {
+            self.rollover.with_label_values(&[a]);
+        }
+        for o in ["applied", "held"] {
+            self.snapshots.with_label_values(&[o]);
+        }
+        for e in ["opened", "resolved", "no_recipients"] {
+            self.suggestions.with_label_values(&[e]);
+        }
+    }
+
+    /// Counts a rule decision, and R9 decisions as intake events too.
+    pub fn record_decision(&self, d: &crate::domain::rules::Decision) {
+        self.decisions
+            .with_label_values(&[d.rule.as_str(), d.action.as_str()])
+            .inc();
+        if d.rule == crate::domain::rules::Rule::R9 {
+            self.intake.with_label_values(&[d.action.as_str()]).inc();
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_builds_and_renders() {
+        let m = Metrics::new();
+        m.messages
+            .with_label_values(&["student.upserted", "applied"])
+            .inc();
+        let text = m.render();
+        assert!(
+            text.contains("las_messages_total{outcome=\"applied\",type=\"student.upserted\"} 1")
+        );
+        assert!(
+            text.contains("# HELP las_rule_decisions_total")
+                || !text.contains("las_rule_decisions_total{")
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! Background jobs of the long-running worker: the daily job (R9
+//! promotions, R12 purge, journal retention), the planner-statistics keeper
+//! and the gauges that describe the database rather than this process.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::adapters::db::{AnalyzeMarks, Store, journal};
+use crate::adapters::metrics::Metrics;
+use crate::app::clock::Clock;
+
+/// R9: the daily job, at start and just after every local midnight. The store
+/// makes sure it runs once per day across replicas.
+pub async fn daily_job(
+    store: Store,
+    metrics: Metrics,
+    clock: Clock,
+    journal_days: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match store.run_daily(clock.today(), false).await {
+            Ok(r) if r.ran => {
+                metrics.daily_runs.with_label_values(&["ran"]).inc();
+                match journal::prune(store.pool(), journal_days).await {
+                    Ok(n) => info!(deleted = n, days = journal_days, "change journal pruned"),
+                    Err(e) => warn!(error = %e, "change journal not pruned; next run tries again"),
+                }
+                for (event, n) in [
+                    ("promoted", r.promoted),
+                    ("placed_in_intake", r.placed_in_intake),
+                    ("stays_in_intake", r.stays_in_intake),
+                ] {
+                    metrics.intake.with_label_values(&[event]).inc_by(n);
+                }
+                metrics.purged.inc_by(r.purged);
+                info!(
+                    purged = r.purged,
+                    placed_in_intake = r.placed_in_intake,
+                    promoted = r.promoted,
+                    stays_in_intake = r.stays_in_intake,
+                    still_held = r.still_held,
+                    "daily job ran"
+                );
+            }
+            Ok(_) => {
+                metrics.daily_runs.with_label_values(&["skipped"]).inc();
+            }
+            Err(e) => {
+                metrics.daily_runs.with_label_values(&["failed"]).inc();
+                warn!(error = %e, "daily job failed; it runs again at the next tick");
+            }
+        }
+        let wait = clock.until_next_day();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+    }
+}
+
+/// Keeps the planner statistics of the portal's tables fresh while they grow
+/// (`Store::analyze_stale_tables`), so cached plans fit the tables' size.
+pub async fn keep_statistics(store: Store, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut marks = AnalyzeMarks::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        match store.analyze_stale_tables(&mut marks).await {
+            Ok(tables) if !tables.is_empty() => debug!(?tables, "planner statistics refreshed"),
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "planner statistics not refreshed; trying again later"),
+        }
+    }
+}
+
+/// Gauges that describe the database rather than this process: held
+/// snapshots and the e-mail outbox, refreshed every 15 s.
+pub async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Ok(n) = store.held_snapshots().await {
+            metrics.snapshots_held.set(n);
+        }
+        if let Ok(n) = store.outbox_depth().await {
+            metrics.outbox_depth.set(n);
+        }
+        // Per-school staleness survives restarts: the database knows the last sync.
+        if let Ok(rows) = store.last_syncs().await {
+            for (brin, at) in rows {
+                let g = metrics.last_sync.with_label_values(&[&brin]);
+                g.set(g.get().max(at));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+    }
+}

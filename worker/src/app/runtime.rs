@@ -1,0 +1,244 @@
+//! The long-running worker (`las-worker run`): build everything, run until
+//! SIGTERM or Ctrl-C, then stop in order (consumers finish the batch in
+//! flight, relays finish their round, the pool closes).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::MigrateDatabase;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::adapters::amqp::{BusSettings, Health, QueueKind};
+use crate::adapters::db::Store;
+use crate::adapters::http;
+use crate::adapters::mail::{FileTransport, HttpTransport, Transport};
+use crate::adapters::metrics::Metrics;
+use crate::app::clock::Clock;
+use crate::app::consumers::run_consumer;
+use crate::app::event_relay::EventPublisher;
+use crate::app::jobs::{daily_job, keep_statistics, refresh_gauges};
+use crate::app::mail_relay::{DispatchSettings, Dispatcher};
+use crate::app::pipeline::Pipeline;
+use crate::app::retry::Retry;
+use crate::app::settings::{RunArgs, SecretUrl};
+
+/// Connects to the database, creating it first when asked and missing.
+pub async fn open_store(
+    url: &SecretUrl,
+    max_connections: u32,
+    create: bool,
+) -> anyhow::Result<Store> {
+    if create
+        && !sqlx::Postgres::database_exists(url.expose())
+            .await
+            .unwrap_or(true)
+    {
+        sqlx::Postgres::create_database(url.expose())
+            .await
+            .with_context(|| format!("creating database {url}"))?;
+        info!(database = %url, "database created");
+    }
+    Store::connect(url.expose(), max_connections)
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Err(e) = args.validate() {
+        eprintln!("las-worker: invalid configuration: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    info!(database = %db, broker = %args.broker.amqp_url, metrics_addr = %args.metrics_addr, prefetch = args.prefetch,
+        batch_size = args.batch_size, batch_max_wait_ms = args.batch_max_wait_ms,
+        batch_concurrency = args.batch_concurrency, "starting las-worker");
+    let (tx, rx) = watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+
+    // The database may come up after the worker: wait for it with backoff.
+    let mut retry = Retry::new();
+    let store = loop {
+        let attempt = async {
+            let store = open_store(db, args.db_max_connections, true).await?;
+            store.migrate().await?;
+            anyhow::Ok(store)
+        };
+        match attempt.await {
+            Ok(store) => break store,
+            Err(e) => {
+                let delay = retry.next_delay();
+                warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "database not ready; retrying"
+                );
+                if Retry::sleep(delay, &rx).await.is_err() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+    };
+
+    let metrics = Metrics::new();
+    metrics.init_series();
+    let health = Arc::new(Health::default());
+    let clock = args.today.map(Clock::Pinned).unwrap_or(Clock::Local);
+    let pipeline = Pipeline::new(store.clone(), metrics.clone(), clock);
+    let daily = args.daily_job.then(|| {
+        tokio::spawn(daily_job(
+            store.clone(),
+            metrics.clone(),
+            clock,
+            args.journal.journal_retention_days,
+            rx.clone(),
+        ))
+    });
+    let router = http::router(metrics.clone(), health.clone(), store.clone());
+    let listener_addr = args.metrics_addr;
+    let http_rx = rx.clone();
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = http::serve(listener_addr, router, http_rx).await {
+            error!(error = %e, addr = %listener_addr, "HTTP endpoints failed");
+        }
+    });
+    let settings = BusSettings {
+        url: args.broker.amqp_url.expose().to_owned(),
+        prefetch: args.prefetch,
+        batch_size: args.batch_size,
+        batch_max_wait: args.batch_max_wait(),
+        batch_concurrency: args.batch_concurrency,
+        delivery_limit: args.broker.delivery_limit,
+    };
+    if args.mail.mail_dispatch && args.mail.mail_api_url.is_none() {
+        // The file transport needs a writable directory; say so now rather
+        // than retrying every e-mail for ever.
+        let dir = &args.mail.mail_dir;
+        let probe = dir.join(".las-worker-write-test");
+        if let Err(e) = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&probe, b"ok"))
+            .and_then(|_| std::fs::remove_file(&probe))
+        {
+            eprintln!(
+                "las-worker: MAIL_DIR {} is not writable ({e}); set MAIL_API_URL or a writable MAIL_DIR",
+                dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let mail = if args.mail.mail_dispatch {
+        let transport = match (&args.mail.mail_api_url, &args.mail.mail_api_token) {
+            (Some(url), Some(token)) => Transport::Http(
+                HttpTransport::new(
+                    url,
+                    token.expose(),
+                    &args.mail.mail_from,
+                    Duration::from_millis(args.mail.mail_timeout_ms),
+                )
+                .map_err(anyhow::Error::msg)?,
+            ),
+            _ => Transport::Files(FileTransport::new(
+                args.mail.mail_dir.clone(),
+                &args.mail.mail_from,
+            )),
+        };
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            transport,
+            metrics.clone(),
+            DispatchSettings::default(),
+        );
+        Some(tokio::spawn(dispatcher.run(rx.clone())))
+    } else {
+        None
+    };
+    let events = args.events_publish.then(|| {
+        let publisher = EventPublisher::new(
+            store.clone(),
+            args.broker.amqp_url.expose().to_owned(),
+            args.broker.delivery_limit,
+            metrics.clone(),
+        );
+        tokio::spawn(publisher.run(rx.clone()))
+    });
+    let gauges = tokio::spawn(refresh_gauges(store.clone(), metrics.clone(), rx.clone()));
+    let analyze = (args.db_analyze_interval_ms > 0).then(|| {
+        tokio::spawn(keep_statistics(
+            store.clone(),
+            Duration::from_millis(args.db_analyze_interval_ms),
+            rx.clone(),
+        ))
+    });
+    let changes = tokio::spawn(run_consumer(
+        QueueKind::Changes,
+        settings.clone(),
+        pipeline.clone(),
+        health.clone(),
+        rx.clone(),
+    ));
+    let portal = tokio::spawn(run_consumer(
+        QueueKind::Portal,
+        settings,
+        pipeline,
+        health.clone(),
+        rx.clone(),
+    ));
+
+    let mut sd = rx.clone();
+    let _ = sd.wait_for(|v| *v).await;
+    health.draining.store(true, Ordering::SeqCst);
+    info!("shutdown requested: finishing the batch in flight");
+    let drained = tokio::time::timeout(Duration::from_secs(25), async {
+        let _ = changes.await;
+        let _ = portal.await;
+    })
+    .await;
+    if drained.is_err() {
+        warn!("consumers did not stop within 25 s; unacknowledged messages will be redelivered");
+    }
+    if let Some(d) = daily {
+        d.abort();
+    }
+    gauges.abort();
+    if let Some(a) = analyze {
+        a.abort();
+    }
+    if let Some(e) = events {
+        let _ = tokio::time::timeout(Duration::from_secs(10), e).await;
+    }
+    if let Some(m) = mail {
+        // Finish the send in flight; what is left stays in the outbox.
+        let _ = tokio::time::timeout(Duration::from_secs(15), m).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    signal.abort();
+    store.pool().close().await;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,619 @@
+//! `las-worker dlq`: inspect, replay and purge the dead-letter queue
+//! (`las-worker.dead-letter`).
+//!
+//! AMQP cannot look at a queue without taking its messages, so every command
+//! takes all dead letters with `basic.get` (not acknowledged) on one channel,
+//! acts on the selected ones, and gives the others back to the queue
+//! (`basic.nack` with requeue). A replayed message is published with its body
+//! and properties unchanged, its headers without the dead-letter bookkeeping
+//! plus `x-las-replayed-at` (so a person sees that, and when, a message was
+//! replayed, also on its dead letter if it is rejected again), with publisher
+//! confirms and `mandatory`, to the exchange and routing key it was first
+//! published with; only after
+//! the broker confirmed (and routed) it is the dead letter acknowledged, so a
+//! failure leaves it in the queue. Purge acknowledges the selected ones.
+//!
+//! Dead letters of the worker carry `x-las-*` headers; messages RabbitMQ
+//! dead-lettered itself (delivery limit exceeded) carry `x-death` instead.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Subcommand};
+use lapin::Confirmation;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use las_contracts::{DEAD_LETTER_QUEUE, dead_letter};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{OutputFormat, json_line};
+use crate::adapters::amqp;
+use crate::app::settings::BrokerArgs;
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters (id, time, reason code, routing key, reason), oldest
+    /// first. Prints nothing when the queue is empty. No personal data.
+    #[command(
+        after_help = "Examples:\n  las-worker dlq list\n  las-worker dlq list --reason unknown_brin --format json"
+    )]
+    List(ListArgs),
+    /// Show one dead letter: its headers and body. Body values are masked
+    /// (`***`) unless --show-values is given. Exit code 1 when there is none.
+    #[command(
+        after_help = "Example:\n  las-worker dlq show 4f0e2b9e-6a57-4c3e-9d1a-2b7c1f0a9e11 --show-values"
+    )]
+    Show(ShowArgs),
+    /// Publish dead letters again, unchanged, to their original exchange and
+    /// routing key (once the cause is fixed), then remove them from the queue.
+    #[command(
+        after_help = "Examples:\n  las-worker school configure --brin 99ZZ --system parnassys --environment-id parnassys-99ZZ-prod\n  las-worker dlq replay --reason unknown_brin\n  las-worker dlq replay 4f0e2b9e-6a57-4c3e-9d1a-2b7c1f0a9e11\n  las-worker dlq replay --all\n\nExit codes: 0 all selected replayed, 1 nothing matched or some could not be replayed (they stay in the queue), 2 broker error."
+    )]
+    Replay(SelectArgs),
+    /// Remove dead letters for good.
+    #[command(
+        after_help = "Examples:\n  las-worker dlq purge 4f0e2b9e-6a57-4c3e-9d1a-2b7c1f0a9e11\n  las-worker dlq purge --reason invalid_json\n  las-worker dlq purge --all\n\nExit codes: 0 purged, 1 nothing matched, 2 broker error."
+    )]
+    Purge(SelectArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Only dead letters with this reason code (e.g. unknown_brin, or
+    /// delivery_limit for messages the broker dead-lettered).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Output: text for people, json for scripts (JSON lines).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The dead letter's id (its message id, or a hash of its body; see `dlq list`).
+    pub id: String,
+    /// Print the body's values (personal data); otherwise they are masked.
+    #[arg(long)]
+    pub show_values: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("select").required(true).args(["id", "all", "reason"])))]
+pub struct SelectArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// One dead letter, by the id `dlq list` prints.
+    pub id: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
+    /// Every dead letter with this reason code.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+impl SelectArgs {
+    fn selects(&self, l: &Letter) -> bool {
+        if self.all {
+            return true;
+        }
+        if let Some(id) = &self.id {
+            return l.info.id == *id || l.info.message_id.as_deref() == Some(id.as_str());
+        }
+        self.reason.as_deref() == Some(l.info.reason_code.as_str())
+    }
+}
+
+/// What `dlq list` shows of a dead letter: metadata only, no body.
+#[derive(Debug, Clone, Serialize)]
+pub struct LetterInfo {
+    /// `x-las-message-id`, else the first 16 hex digits of the body's FNV-1a hash.
+    pub id: String,
+    pub message_id: Option<String>,
+    /// `worker` (x-las-* headers) or `broker` (x-death).
+    pub dead_lettered_by: &'static str,
+    pub reason_code: String,
+    pub reason: Option<String>,
+    pub original_exchange: Option<String>,
+    pub original_routing_key: Option<String>,
+    pub rejected_at: Option<String>,
+    /// Times the dead-letter queue handed the message out before (x-delivery-count).
+    pub deliveries: Option<i64>,
+    pub bytes: usize,
+}
+
+struct Letter {
+    info: LetterInfo,
+    delivery: Delivery,
+}
+
+/// FNV-1a, 64 bits: a stable id for a body without a message id.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn number(v: &AMQPValue) -> Option<i64> {
+    match v {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+fn header<'a>(h: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
+    h.inner().get(key)
+}
+
+/// Reads a dead letter's headers: the worker's `x-las-*`, else RabbitMQ's
+/// `x-death` (newest death first) and `x-first-death-*`.
+pub fn describe(headers: Option<&FieldTable>, routing_key: &str, body: &[u8]) -> LetterInfo {
+    let empty = FieldTable::default();
+    let h = headers.unwrap_or(&empty);
+    let las = |k: &str| header(h, k).and_then(text);
+    let death: Option<&FieldTable> = match header(h, "x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().iter().find_map(|v| match v {
+            AMQPValue::FieldTable(t) => Some(t),
+            _ => None,
+        }),
+        _ => None,
+    };
+    let death_text = |k: &str| death.and_then(|t| header(t, k)).and_then(text);
+    let message_id = las(dead_letter::MESSAGE_ID);
+    let by_worker = las(dead_letter::REASON_CODE).is_some();
+    let reason_code = las(dead_letter::REASON_CODE)
+        .or_else(|| death_text("reason"))
+        .or_else(|| las("x-first-death-reason"))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let reason = las(dead_letter::REASON).or_else(|| {
+        death_text("queue")
+            .map(|q| format!("dead-lettered by RabbitMQ from queue {q} ({reason_code})"))
+    });
+    let original_exchange = las(dead_letter::ORIGINAL_EXCHANGE)
+        .or_else(|| death_text("exchange"))
+        .or_else(|| las("x-first-death-exchange"));
+    let death_key = death.and_then(|t| match header(t, "routing-keys") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().iter().find_map(text),
+        _ => None,
+    });
+    let original_routing_key = las(dead_letter::ORIGINAL_ROUTING_KEY)
+        .or(death_key)
+        .or_else(|| (!routing_key.is_empty()).then(|| routing_key.to_owned()));
+    let rejected_at = las(dead_letter::REJECTED_AT).or_else(|| {
+        death
+            .and_then(|t| header(t, "time"))
+            .and_then(number)
+            .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+            .map(|t| t.to_rfc3339())
+    });
+    LetterInfo {
+        id: message_id
+            .clone()
+            .unwrap_or_else(|| format!("{:016x}", fnv1a64(body))),
+        message_id,
+        dead_lettered_by: if by_worker || death.is_none() {
+            "worker"
+        } else {
+            "broker"
+        },
+        reason_code,
+        reason,
+        original_exchange,
+        original_routing_key,
+        rejected_at,
+        deliveries: header(h, "x-delivery-count").and_then(number),
+        bytes: body.len(),
+    }
+}
+
+/// Headers the replayed message must not carry: the dead-letter bookkeeping.
+fn is_dead_letter_header(key: &str) -> bool {
+    key.starts_with("x-las-")
+        || key == "x-death"
+        || key.starts_with("x-first-death-")
+        || key.starts_with("x-last-death-")
+        || key == "x-delivery-count"
+        || key == "x-acquired-count"
+}
+
+/// The message as it was first published: its headers without the
+/// dead-letter bookkeeping, its other properties unchanged.
+fn original_properties(d: &Delivery) -> lapin::BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(h) = d.properties.headers() {
+        for (k, v) in h.inner() {
+            if !is_dead_letter_header(k.as_str()) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    d.properties.clone().with_headers(headers)
+}
+
+/// The original properties plus `x-las-replayed-at`: when the message was
+/// replayed, kept on its dead letter if it is rejected again.
+fn replayed_properties(d: &Delivery) -> lapin::BasicProperties {
+    let props = original_properties(d);
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        dead_letter::REPLAYED_AT.into(),
+        lapin::types::AMQPValue::LongString(chrono::Utc::now().to_rfc3339().into()),
+    );
+    props.with_headers(headers)
+}
+
+/// A connection holding every dead letter, unacknowledged.
+struct Taken {
+    conn: lapin::Connection,
+    ch: lapin::Channel,
+    letters: Vec<Letter>,
+}
+
+async fn take_all(broker: &BrokerArgs) -> anyhow::Result<Taken> {
+    let conn = amqp::connect(broker.amqp_url.expose(), "las-worker dlq").await?;
+    let ch = conn.create_channel().await?;
+    amqp::declare_topology(&ch, broker.delivery_limit).await?;
+    let mut letters = Vec::new();
+    while let Some(m) = ch
+        .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: false })
+        .await?
+    {
+        let d = m.delivery;
+        let info = describe(
+            d.properties.headers().as_ref(),
+            d.routing_key.as_str(),
+            &d.data,
+        );
+        letters.push(Letter { info, delivery: d });
+    }
+    Ok(Taken { conn, ch, letters })
+}
+
+impl Taken {
+    /// Gives the letters back to the queue and closes the connection.
+    async fn release(self, letters: Vec<Letter>) -> anyhow::Result<()> {
+        for l in &letters {
+            l.delivery
+                .acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await?;
+        }
+        let _ = self.ch.close(200, "done".into()).await;
+        let _ = self.conn.close(200, "done".into()).await;
+        Ok(())
+    }
+}
+
+/// Runs a `dlq` command.
+pub async fn run(cmd: &DlqCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DlqCommand::List(args) => list(args).await,
+        DlqCommand::Show(args) => show(args).await,
+        DlqCommand::Replay(args) => replay(args).await,
+        DlqCommand::Purge(args) => purge(args).await,
+    }
+}
+
+async fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
+    let mut taken = take_all(&args.broker).await?;
+    let letters = std::mem::take(&mut taken.letters);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut shown = 0;
+    for l in &letters {
+        if args
+            .reason
+            .as_deref()
+            .is_some_and(|r| r != l.info.reason_code)
+        {
+            continue;
+        }
+        shown += 1;
+        match args.format {
+            OutputFormat::Json => json_line(&mut out, &l.info)?,
+            OutputFormat::Text => {
+                use std::io::Write;
+                let i = &l.info;
+                writeln!(
+                    out,
+                    "{}  {}  {}  {}  {}",
+                    i.id,
+                    i.rejected_at.as_deref().unwrap_or("-"),
+                    i.reason_code,
+                    i.original_routing_key.as_deref().unwrap_or("-"),
+                    i.reason.as_deref().unwrap_or("")
+                )?;
+            }
+        }
+    }
+    eprintln!(
+        "{shown} dead letter(s) listed, {} in {DEAD_LETTER_QUEUE}",
+        letters.len()
+    );
+    taken.release(letters).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A body without its values: keys, LAS keys, ids and types stay, other
+/// text becomes `***` (blank text stays blank, so R2 problems remain visible).
+pub fn mask(v: &Value) -> Value {
+    const KEEP: [&str; 12] = [
+        "schema",
+        "message_id",
+        "brin",
+        "system",
+        "environment_id",
+        "label",
+        "emitted_at",
+        "edited_at",
+        "type",
+        "las_key",
+        "kind",
+        "guardian_las_key",
+    ];
+    fn walk(v: &Value, keep: bool) -> Value {
+        match v {
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| {
+                        let keep = KEEP.contains(&k.as_str()) || k.ends_with("_keys");
+                        (k.clone(), walk(x, keep))
+                    })
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, keep)).collect()),
+            Value::String(s) if !keep && !s.trim().is_empty() => Value::String("***".into()),
+            other => other.clone(),
+        }
+    }
+    walk(v, false)
+}
+
+async fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let mut taken = take_all(&args.broker).await?;
+    let letters = std::mem::take(&mut taken.letters);
+    let mut found = 0;
+    for l in &letters {
+        if l.info.id != args.id && l.info.message_id.as_deref() != Some(args.id.as_str()) {
+            continue;
+        }
+        found += 1;
+        let mut headers = BTreeMap::new();
+        if let Some(h) = l.delivery.properties.headers() {
+            for (k, v) in h.inner() {
+                let shown = text(v)
+                    .map(Value::String)
+                    .or_else(|| number(v).map(Value::from))
+                    .unwrap_or_else(|| Value::String(format!("{v:?}")));
+                headers.insert(k.as_str().to_owned(), shown);
+            }
+        }
+        let body = match serde_json::from_slice::<Value>(&l.delivery.data) {
+            Ok(v) if args.show_values => v,
+            Ok(v) => mask(&v),
+            Err(_) if args.show_values => {
+                Value::String(String::from_utf8_lossy(&l.delivery.data).into_owned())
+            }
+            Err(_) => Value::String(format!(
+                "({} bytes, not JSON; --show-values prints them)",
+                l.delivery.data.len()
+            )),
+        };
+        let view = serde_json::json!({
+            "letter": l.info,
+            "headers": headers,
+            "body": body,
+        });
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    }
+    taken.release(letters).await?;
+    if found == 0 {
+        eprintln!("no dead letter with id {}", args.id);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(args: &SelectArgs) -> anyhow::Result<ExitCode> {
+    let mut taken = take_all(&args.broker).await?;
+    let (selected, rest): (Vec<Letter>, Vec<Letter>) = std::mem::take(&mut taken.letters)
+        .into_iter()
+        .partition(|l| args.selects(l));
+    let pub_ch = taken.conn.create_channel().await?;
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut keep = rest;
+    let mut pending = Vec::new();
+    let mut failed = 0;
+    for l in selected {
+        let (Some(exchange), Some(key)) = (
+            l.info.original_exchange.clone(),
+            l.info.original_routing_key.clone(),
+        ) else {
+            eprintln!(
+                "{}: the original exchange or routing key is unknown; kept in the queue",
+                l.info.id
+            );
+            failed += 1;
+            keep.push(l);
+            continue;
+        };
+        let confirm = pub_ch
+            .basic_publish(
+                exchange.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &l.delivery.data,
+                replayed_properties(&l.delivery),
+            )
+            .await?;
+        pending.push((l, exchange, key, confirm));
+    }
+    let mut replayed = 0;
+    for (l, exchange, key, confirm) in pending {
+        match confirm.await? {
+            Confirmation::Ack(None) => {
+                l.delivery.acker.ack(BasicAckOptions::default()).await?;
+                println!(
+                    "replayed {} to {exchange} with routing key {key}",
+                    l.info.id
+                );
+                replayed += 1;
+            }
+            Confirmation::Ack(Some(_)) => {
+                eprintln!(
+                    "{}: no queue is bound to {exchange} for routing key {key}; kept in the queue",
+                    l.info.id
+                );
+                failed += 1;
+                keep.push(l);
+            }
+            _ => {
+                eprintln!(
+                    "{}: the broker refused the message (publisher nack); kept in the queue",
+                    l.info.id
+                );
+                failed += 1;
+                keep.push(l);
+            }
+        }
+    }
+    let _ = pub_ch.close(200, "done".into()).await;
+    taken.release(keep).await?;
+    println!("replayed {replayed} dead letter(s); {failed} could not be replayed");
+    Ok(if replayed > 0 && failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        if replayed == 0 && failed == 0 {
+            eprintln!("no dead letter matched");
+        }
+        ExitCode::from(1)
+    })
+}
+
+async fn purge(args: &SelectArgs) -> anyhow::Result<ExitCode> {
+    let mut taken = take_all(&args.broker).await?;
+    let (selected, rest): (Vec<Letter>, Vec<Letter>) = std::mem::take(&mut taken.letters)
+        .into_iter()
+        .partition(|l| args.selects(l));
+    for l in &selected {
+        l.delivery.acker.ack(BasicAckOptions::default()).await?;
+        println!("purged {} ({})", l.info.id, l.info.reason_code);
+    }
+    taken.release(rest).await?;
+    println!("purged {} dead letter(s)", selected.len());
+    if selected.is_empty() {
+        eprintln!("no dead letter matched");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, LongString, ShortString};
+
+    fn ls(v: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn worker_headers() {
+        let mut h = FieldTable::default();
+        h.insert(ShortString::from("x-las-reason-code"), ls("unknown_brin"));
+        h.insert(
+            ShortString::from("x-las-original-exchange"),
+            ls("las.changes"),
+        );
+        h.insert(
+            ShortString::from("x-las-original-routing-key"),
+            ls("las.99ZZ.student.upserted"),
+        );
+        h.insert(ShortString::from("x-las-message-id"), ls("m-1"));
+        let i = describe(Some(&h), "las.99ZZ.student.upserted", b"{}");
+        assert_eq!(i.id, "m-1");
+        assert_eq!(i.reason_code, "unknown_brin");
+        assert_eq!(i.dead_lettered_by, "worker");
+        assert_eq!(i.original_exchange.as_deref(), Some("las.changes"));
+    }
+
+    #[test]
+    fn broker_x_death() {
+        let mut death = FieldTable::default();
+        death.insert("reason".into(), ls("delivery_limit"));
+        death.insert("queue".into(), ls("las-worker.changes"));
+        death.insert("exchange".into(), ls("las.changes"));
+        let mut keys = FieldArray::default();
+        keys.push(ls("las.12AB.student.upserted"));
+        death.insert("routing-keys".into(), AMQPValue::FieldArray(keys));
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let mut arr = FieldArray::default();
+        arr.push(AMQPValue::FieldTable(death));
+        let mut h = FieldTable::default();
+        h.insert("x-death".into(), AMQPValue::FieldArray(arr));
+        let i = describe(Some(&h), "", b"body");
+        assert_eq!(i.reason_code, "delivery_limit");
+        assert_eq!(i.dead_lettered_by, "broker");
+        assert_eq!(i.original_exchange.as_deref(), Some("las.changes"));
+        assert_eq!(
+            i.original_routing_key.as_deref(),
+            Some("las.12AB.student.upserted")
+        );
+        assert_eq!(i.id, format!("{:016x}", fnv1a64(b"body")));
+        assert!(i.rejected_at.is_some());
+        assert!(is_dead_letter_header("x-death") && !is_dead_letter_header("traceparent"));
+    }
+
+    #[test]
+    fn mask_keeps_keys_and_blanks() {
+        let v = serde_json::json!({"brin": "12AB", "change": {"type": "guardian.upserted", "las_key": "G1",
+            "first_name": "Anna", "phone": " ", "email": null, "student_keys": ["S1"]}});
+        let m = mask(&v);
+        assert_eq!(m["change"]["first_name"], "***");
+        assert_eq!(m["change"]["phone"], " ");
+        assert_eq!(m["change"]["las_key"], "G1");
+        assert_eq!(m["change"]["student_keys"][0], "S1");
+        assert_eq!(m["brin"], "12AB");
+    }
+}

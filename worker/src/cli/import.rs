@@ -1,0 +1,910 @@
+//! `las-worker import`: applies a file of LAS messages (the wire contract,
+//! one message per line) through the same rules and the same batched store
+//! code as the consumer, without a broker. For first runs from an export and
+//! for reproducing problems.
+//!
+//! Every chunk of `BATCH_SIZE` lines is one transaction, like a consumer
+//! batch; a chunk the database refuses is applied message by message so only
+//! the refused message is rejected. Rejected lines are reported and counted,
+//! not dead-lettered. `--dry-run` runs the same code in one transaction that
+//! is rolled back at the end (each chunk in a savepoint), so later chunks see
+//! what earlier chunks would have done and nothing is written.
+
+use crate::domain::batch::profile_kind;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use backon::BackoffBuilder;
+use chrono::NaiveDate;
+use clap::Args;
+use las_contracts::{Change, RejectReason};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use super::{OutputFormat, json_line};
+use crate::adapters::db::{BatchEffects, MessageOutcome, Store, StoreError};
+use crate::domain::message::{self, Inbound, Rejection};
+use crate::domain::rules::{Action, Contact, Decision, Field, LasProfile, ProfileKind};
+
+/// Attempts per chunk when the database is unavailable (about a minute).
+const TRANSIENT_ATTEMPTS: usize = 10;
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Message files: a `.json` file holds one message, any other file
+    /// (`.ndjson`) one message per line; `-` reads lines from standard input.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Write nothing: run the same code in a transaction that is rolled back,
+    /// and print per profile what would change and why.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output: text for people, json for scripts (JSON lines).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+    /// Also print old and new values. They are personal data: without this
+    /// flag only field names, rule ids and LAS keys are printed.
+    #[arg(long)]
+    pub show_values: bool,
+    /// Print only the rejected lines and the totals.
+    #[arg(long)]
+    pub summary_only: bool,
+    /// Messages per transaction, as the consumer's BATCH_SIZE.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 400)]
+    pub batch_size: usize,
+    /// Pin "today" (YYYY-MM-DD) for the intake rules (R9); default: today in
+    /// Europe/Amsterdam.
+    #[arg(long, env = "LAS_TODAY")]
+    pub today: Option<NaiveDate>,
+}
+
+/// Runs the import; exit code 0 when no line was rejected, 1 when some were.
+pub async fn run(store: &Store, args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    if args.batch_size == 0 || args.batch_size > 5000 {
+        eprintln!("las-worker: --batch-size (BATCH_SIZE) must be between 1 and 5000");
+        return Ok(ExitCode::from(2));
+    }
+    // Open every file first: a missing file stops the import before it writes.
+    let mut inputs = Vec::with_capacity(args.files.len());
+    for path in &args.files {
+        inputs.push(Input::open(path)?);
+    }
+    let today = args.today.unwrap_or_else(crate::app::clock::local_today);
+    let mut dry = match args.dry_run {
+        true => Some(store.pool().begin().await.context("starting the dry run")?),
+        false => None,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut totals = Totals {
+        record: "totals",
+        dry_run: args.dry_run,
+        ..Totals::default()
+    };
+    let mut progress = Progress::new();
+    let mut chunk: Vec<Item> = Vec::with_capacity(args.batch_size);
+    for input in &mut inputs {
+        while let Some((line, body)) = input.next()? {
+            chunk.push(Item {
+                file: input.name.clone(),
+                line,
+                parsed: message::parse(&body),
+            });
+            if chunk.len() >= args.batch_size {
+                let items = std::mem::take(&mut chunk);
+                process_chunk(
+                    store,
+                    dry.as_mut(),
+                    today,
+                    args,
+                    &items,
+                    &mut totals,
+                    &mut out,
+                )
+                .await?;
+                progress.tick(&totals);
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        process_chunk(
+            store,
+            dry.as_mut(),
+            today,
+            args,
+            &chunk,
+            &mut totals,
+            &mut out,
+        )
+        .await?;
+    }
+    progress.finish(&totals);
+    if let Some(tx) = dry {
+        tx.rollback().await.context("rolling back the dry run")?;
+    }
+    match args.format {
+        OutputFormat::Json => json_line(&mut out, &totals)?,
+        OutputFormat::Text => write_totals(&mut out, &totals)?,
+    }
+    out.flush()?;
+    Ok(if totals.rejected > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Applies one chunk and reports every line of it.
+async fn process_chunk(
+    store: &Store,
+    dry: Option<&mut Transaction<'static, Postgres>>,
+    today: NaiveDate,
+    args: &ImportArgs,
+    items: &[Item],
+    totals: &mut Totals,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let msgs: Vec<Inbound> = items
+        .iter()
+        .filter_map(|i| i.parsed.as_ref().ok().cloned())
+        .collect();
+    let applied = if msgs.is_empty() {
+        Chunk::default()
+    } else {
+        apply(store, dry, today, args.show_values, &msgs).await?
+    };
+    let values = if args.show_values {
+        field_values(&msgs, &applied.outcomes, &applied.before)
+    } else {
+        vec![Vec::new(); msgs.len()]
+    };
+    for ((k, n), v) in applied.effects.profiles {
+        *totals.profiles.entry(format!("{k}:{n}")).or_default() += v;
+    }
+    let mut results = applied.outcomes.iter().zip(values);
+    for item in items {
+        totals.messages += 1;
+        let mut record = match &item.parsed {
+            Err(r) => rejected_record(item, None, r),
+            Ok(m) => {
+                let Some((outcome, values)) = results.next() else {
+                    anyhow::bail!("the store returned fewer outcomes than messages");
+                };
+                message_record(item, m, outcome, values, args.dry_run)
+            }
+        };
+        record.dry_run = args.dry_run;
+        totals.count(&record);
+        let show = !args.summary_only || record.outcome == "rejected";
+        if show {
+            match args.format {
+                OutputFormat::Json => json_line(out, &record)?,
+                OutputFormat::Text => write_record(out, &record, args.dry_run)?,
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One line of input.
+struct Item {
+    file: String,
+    line: usize,
+    parsed: Result<Inbound, Rejection>,
+}
+
+/// A message file being read.
+struct Input {
+    name: String,
+    source: Source,
+}
+
+enum Source {
+    Single(Option<Vec<u8>>),
+    Lines {
+        reader: Box<dyn BufRead + Send>,
+        line: usize,
+    },
+}
+
+impl Input {
+    fn open(path: &std::path::Path) -> anyhow::Result<Input> {
+        if path.as_os_str() == "-" {
+            return Ok(Input {
+                name: "<stdin>".into(),
+                source: Source::Lines {
+                    reader: Box::new(std::io::BufReader::new(std::io::stdin())),
+                    line: 0,
+                },
+            });
+        }
+        let name = path.display().to_string();
+        let source = if path.extension().is_some_and(|e| e == "json") {
+            let body =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Source::Single(Some(body.trim_ascii().to_vec()))
+        } else {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            Source::Lines {
+                reader: Box::new(std::io::BufReader::new(file)),
+                line: 0,
+            }
+        };
+        Ok(Input { name, source })
+    }
+
+    /// The next non-blank message: (line number, body).
+    fn next(&mut self) -> anyhow::Result<Option<(usize, Vec<u8>)>> {
+        match &mut self.source {
+            Source::Single(body) => Ok(body.take().map(|b| (1, b))),
+            Source::Lines { reader, line } => loop {
+                let mut buf = Vec::new();
+                let n = reader
+                    .read_until(b'\n', &mut buf)
+                    .with_context(|| format!("reading {}", self.name))?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                *line += 1;
+                let body = buf.trim_ascii();
+                if !body.is_empty() {
+                    return Ok(Some((*line, body.to_vec())));
+                }
+            },
+        }
+    }
+}
+
+/// What a chunk did: one outcome per valid message, the profiles' contact
+/// values before the chunk (only with `--show-values`), and the counts.
+#[derive(Default)]
+struct Chunk {
+    outcomes: Vec<MessageOutcome>,
+    before: Snapshot,
+    effects: BatchEffects,
+}
+
+type ProfileKey = (String, ProfileKind, String);
+type Snapshot = HashMap<ProfileKey, Contact>;
+
+/// Applies a chunk like the consumer: retries while the database is
+/// unavailable, and applies message by message when it refuses the chunk.
+async fn apply(
+    store: &Store,
+    mut dry: Option<&mut Transaction<'static, Postgres>>,
+    today: NaiveDate,
+    show_values: bool,
+    msgs: &[Inbound],
+) -> anyhow::Result<Chunk> {
+    match apply_retrying(store, dry.as_deref_mut(), today, show_values, msgs).await {
+        Ok(c) => Ok(c),
+        Err(e) if e.is_transient() => Err(e).context("the database stayed unavailable"),
+        Err(e) if msgs.len() == 1 => Ok(Chunk {
+            outcomes: vec![refused(&msgs[0], &e)],
+            ..Chunk::default()
+        }),
+        Err(_) => {
+            let mut all = Chunk::default();
+            for m in msgs {
+                match apply_retrying(
+                    store,
+                    dry.as_deref_mut(),
+                    today,
+                    show_values,
+                    std::slice::from_ref(m),
+                )
+                .await
+                {
+                    Ok(c) => {
+                        all.outcomes.push(
+                            c.outcomes
+                                .into_iter()
+                                .next()
+                                .unwrap_or(MessageOutcome::Stale),
+                        );
+                        all.before.extend(c.before);
+                        for (k, v) in c.effects.profiles {
+                            *all.effects.profiles.entry(k).or_default() += v;
+                        }
+                    }
+                    Err(e) if e.is_transient() => {
+                        return Err(e).context("the database stayed unavailable");
+                    }
+                    Err(e) => all.outcomes.push(refused(m, &e)),
+                }
+            }
+            Ok(all)
+        }
+    }
+}
+
+async fn apply_retrying(
+    store: &Store,
+    mut dry: Option<&mut Transaction<'static, Postgres>>,
+    today: NaiveDate,
+    show_values: bool,
+    msgs: &[Inbound],
+) -> Result<Chunk, StoreError> {
+    let mut backoff = crate::app::retry::transient_backoff().build();
+    let mut attempt = 1;
+    loop {
+        let result = match dry.as_deref_mut() {
+            // A savepoint in the dry run's transaction: kept for the next
+            // chunks, rolled back with the whole dry run at the end.
+            Some(outer) => {
+                let sp = sqlx::Connection::begin(&mut **outer).await?;
+                apply_in(store, sp, today, show_values, msgs).await
+            }
+            None => {
+                let tx = store.pool().begin().await?;
+                apply_in(store, tx, today, show_values, msgs).await
+            }
+        };
+        match result {
+            Err(e) if e.is_transient() && attempt < TRANSIENT_ATTEMPTS => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; chunk kept, retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn apply_in(
+    store: &Store,
+    mut tx: Transaction<'_, Postgres>,
+    today: NaiveDate,
+    show_values: bool,
+    msgs: &[Inbound],
+) -> Result<Chunk, StoreError> {
+    let before = if show_values {
+        snapshot(&mut tx, msgs).await?
+    } else {
+        Snapshot::new()
+    };
+    let (tx, outcomes, effects) = store.apply_batch_in(tx, msgs, today).await?;
+    tx.commit().await?;
+    Ok(Chunk {
+        outcomes,
+        before,
+        effects,
+    })
+}
+
+fn refused(m: &Inbound, e: &StoreError) -> MessageOutcome {
+    MessageOutcome::Rejected(
+        Rejection::new(
+            RejectReason::DatabaseRejected,
+            format!("the portal database refused this message ({e})"),
+        )
+        .with_message_id(m.message_id()),
+    )
+}
+
+fn profile_key(m: &Inbound) -> Option<ProfileKey> {
+    let Inbound::Change(c) = m else { return None };
+    let kind = profile_kind(&c.change)?;
+    let key = c.change.las_key()?.trim().to_owned();
+    Some((c.brin.clone(), kind, key))
+}
+
+/// The contact values of the chunk's profiles as they are now.
+async fn snapshot(conn: &mut PgConnection, msgs: &[Inbound]) -> Result<Snapshot, StoreError> {
+    let keys: Vec<ProfileKey> = msgs.iter().filter_map(profile_key).collect();
+    if keys.is_empty() {
+        return Ok(Snapshot::new());
+    }
+    crate::adapters::db::views::current_contacts(conn, &keys).await
+}
+
+/// The LAS record's values, normalized as the rules see them (R2: trimmed,
+/// blank is none).
+fn las_contact(m: &Inbound) -> Option<Contact> {
+    let Inbound::Change(c) = m else { return None };
+    match &c.change {
+        Change::StudentUpserted(r) => Some(LasProfile::from_student(r).contact),
+        Change::GuardianUpserted(r) => Some(LasProfile::from_guardian(r).contact),
+        Change::StaffUpserted(r) => Some(LasProfile::from_staff(r).contact),
+        _ => None,
+    }
+}
+
+/// (old, new) per decision of every message, for `--show-values`: the old
+/// value from the profile before the chunk, carried from message to message
+/// of one profile in version order (the order the store applies them in);
+/// the new one from the decision: the LAS value when changed, none when
+/// cleared, the old value otherwise.
+type Values = Vec<(Option<String>, Option<String>)>;
+
+fn field_values(msgs: &[Inbound], outcomes: &[MessageOutcome], before: &Snapshot) -> Vec<Values> {
+    let mut out: Vec<Values> = vec![Vec::new(); msgs.len()];
+    let mut order: Vec<(ProfileKey, u64, usize)> = msgs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match (m, profile_key(m)) {
+            (Inbound::Change(c), Some(k)) => Some((k, c.version, i)),
+            _ => None,
+        })
+        .collect();
+    order.sort();
+    let mut state: HashMap<ProfileKey, HashMap<Field, Option<String>>> = HashMap::new();
+    for (key, _, i) in order {
+        let Some(MessageOutcome::Applied { decisions }) = outcomes.get(i) else {
+            continue;
+        };
+        let current = state.entry(key.clone()).or_insert_with(|| {
+            let c = before.get(&key).cloned().unwrap_or_default();
+            Field::ALL.iter().map(|f| (*f, c.text(*f))).collect()
+        });
+        let las = las_contact(&msgs[i]).unwrap_or_default();
+        for d in decisions {
+            let Some(f) = d.field else {
+                out[i].push((None, None));
+                continue;
+            };
+            let old = current.get(&f).cloned().flatten();
+            let new = match d.action {
+                Action::Overwritten => las.text(f),
+                Action::Cleared => None,
+                _ => old.clone(),
+            };
+            current.insert(f, new.clone());
+            out[i].push((old, new));
+        }
+    }
+    out
+}
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+struct Record {
+    record: &'static str,
+    file: String,
+    line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    brin: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    message_type: Option<&'static str>,
+    /// student, guardian, staff, group, school (a link) or school_year.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    las_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    /// applied, duplicate, stale or rejected.
+    outcome: &'static str,
+    dry_run: bool,
+    decisions: Vec<DecisionRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DecisionRecord {
+    rule: &'static str,
+    action: &'static str,
+    /// `changed` (overwritten), `cleared`, `kept`, or the action's name.
+    change: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+    /// `R2:cleared:phone`, as in the change journal.
+    code: String,
+    /// With `--show-values` only: the value before and after (null: blank).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new: Option<Value>,
+}
+
+fn change_label(a: Action) -> &'static str {
+    match a {
+        Action::Overwritten => "changed",
+        Action::Cleared => "cleared",
+        Action::Kept => "kept",
+        other => other.as_str(),
+    }
+}
+
+fn decision_record(
+    d: &Decision,
+    values: Option<&(Option<String>, Option<String>)>,
+) -> DecisionRecord {
+    let text = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
+    let (old, new) = match (d.field, values) {
+        (Some(_), Some((o, n))) => (Some(text(o)), Some(text(n))),
+        _ => (None, None),
+    };
+    DecisionRecord {
+        rule: d.rule.as_str(),
+        action: d.action.as_str(),
+        change: change_label(d.action),
+        field: d.field.map(Field::as_str),
+        code: d.code(),
+        old,
+        new,
+    }
+}
+
+/// The record of a line, before its outcome is known.
+fn base_record(item: &Item, m: Option<&Inbound>) -> Record {
+    let mut rec = Record {
+        record: "message",
+        file: item.file.clone(),
+        line: item.line,
+        message_id: None,
+        brin: None,
+        message_type: None,
+        entity: None,
+        las_key: None,
+        version: None,
+        outcome: "rejected",
+        dry_run: false,
+        decisions: vec![],
+        reason_code: None,
+        reason: None,
+    };
+    let Some(m) = m else { return rec };
+    rec.message_id = Some(m.message_id());
+    rec.brin = Some(m.brin().to_owned());
+    rec.message_type = Some(m.type_name());
+    match m {
+        Inbound::Change(c) => {
+            rec.entity = Some(match &c.change {
+                Change::GroupUpserted(_) | Change::GroupRemoved(_) => "group",
+                Change::SchoolYearRolledOver(_) => "school_year",
+                other => profile_kind(other)
+                    .map(ProfileKind::as_str)
+                    .unwrap_or("unknown"),
+            });
+            rec.las_key = c.change.las_key().map(|k| k.trim().to_owned());
+            rec.version = Some(c.version);
+        }
+        Inbound::Link(_) => rec.entity = Some("school"),
+        Inbound::ParentEdit(e) => {
+            rec.entity = Some("guardian");
+            rec.las_key = e.guardian_las_key.clone();
+        }
+    }
+    rec
+}
+
+fn rejected_record(item: &Item, m: Option<&Inbound>, r: &Rejection) -> Record {
+    let mut rec = base_record(item, m);
+    if rec.message_id.is_none() {
+        rec.message_id = r.message_id;
+    }
+    rec.reason_code = Some(r.reason.as_str());
+    rec.reason = Some(r.text.clone());
+    rec
+}
+
+fn message_record(
+    item: &Item,
+    m: &Inbound,
+    outcome: &MessageOutcome,
+    values: Values,
+    dry_run: bool,
+) -> Record {
+    let mut rec = match outcome {
+        MessageOutcome::Rejected(r) => rejected_record(item, Some(m), r),
+        other => {
+            let mut rec = base_record(item, Some(m));
+            rec.outcome = other.label();
+            if let MessageOutcome::Applied { decisions } = other {
+                rec.decisions = decisions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| decision_record(d, values.get(i)))
+                    .collect();
+            }
+            rec
+        }
+    };
+    rec.dry_run = dry_run;
+    rec
+}
+
+/// The totals line.
+#[derive(Debug, Default, Serialize)]
+struct Totals {
+    record: &'static str,
+    dry_run: bool,
+    messages: u64,
+    applied: u64,
+    duplicate: u64,
+    stale: u64,
+    rejected: u64,
+    /// Decisions per rule id.
+    rules: BTreeMap<String, u64>,
+    /// Decisions per rule and action (`R2:cleared`).
+    actions: BTreeMap<String, u64>,
+    /// Rejections per reason code.
+    reasons: BTreeMap<String, u64>,
+    /// Profiles per kind and change (`student:created`).
+    profiles: BTreeMap<String, u64>,
+}
+
+impl Totals {
+    fn count(&mut self, r: &Record) {
+        match r.outcome {
+            "applied" => self.applied += 1,
+            "duplicate" => self.duplicate += 1,
+            "stale" => self.stale += 1,
+            _ => self.rejected += 1,
+        }
+        if let Some(code) = r.reason_code {
+            *self.reasons.entry(code.to_owned()).or_default() += 1;
+        }
+        for d in &r.decisions {
+            *self.rules.entry(d.rule.to_owned()).or_default() += 1;
+            *self
+                .actions
+                .entry(format!("{}:{}", d.rule, d.action))
+                .or_default() += 1;
+        }
+    }
+}
+
+fn quoted(v: &Option<Value>) -> String {
+    match v {
+        Some(Value::String(s)) => format!("{s:?}"),
+        _ => "(blank)".to_owned(),
+    }
+}
+
+fn write_record(out: &mut impl Write, r: &Record, dry_run: bool) -> std::io::Result<()> {
+    let what = match (r.entity, &r.las_key) {
+        (Some("school"), _) => format!("school link {}", r.brin.as_deref().unwrap_or("?")),
+        (Some(e), Some(k)) => format!("{e} {k}"),
+        (Some(e), None) => e.to_owned(),
+        (None, _) => "message".to_owned(),
+    };
+    let mut context = Vec::new();
+    if r.entity != Some("school")
+        && let Some(b) = &r.brin
+    {
+        context.push(b.clone());
+    }
+    if let Some(v) = r.version {
+        context.push(format!("v{v}"));
+    }
+    if let Some(t) = r.message_type {
+        context.push(t.to_owned());
+    }
+    let context = if context.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", context.join(", "))
+    };
+    let outcome = match (r.outcome, dry_run) {
+        ("applied", true) => "would be applied".to_owned(),
+        ("applied", false) => "applied".to_owned(),
+        ("duplicate", _) => {
+            "duplicate (this message was applied before; nothing changes)".to_owned()
+        }
+        ("stale", _) => {
+            "stale (the portal has this or a newer version; nothing changes)".to_owned()
+        }
+        (_, _) => format!(
+            "rejected [{}] {}",
+            r.reason_code.unwrap_or("unknown"),
+            r.reason.as_deref().unwrap_or("")
+        ),
+    };
+    writeln!(out, "{}:{}: {what}{context}: {outcome}", r.file, r.line)?;
+    for d in &r.decisions {
+        let field = d.field.map(|f| format!(" {f}")).unwrap_or_default();
+        let values = match (d.change, &d.old, &d.new) {
+            (_, None, _) => String::new(),
+            ("kept" | "ignored" | "invalid_email", old, _) => format!(": {}", quoted(old)),
+            (_, old, new) => format!(": {} -> {}", quoted(old), quoted(new)),
+        };
+        writeln!(out, "    {} {}{field}{values}", d.rule, d.change)?;
+    }
+    Ok(())
+}
+
+fn rule_number(rule: &str) -> u32 {
+    rule.trim_start_matches('R').parse().unwrap_or(u32::MAX)
+}
+
+fn write_totals(out: &mut impl Write, t: &Totals) -> std::io::Result<()> {
+    if t.dry_run {
+        writeln!(
+            out,
+            "dry run: nothing was written (the transaction was rolled back)"
+        )?;
+    }
+    writeln!(
+        out,
+        "messages {}, applied {}, duplicate {}, stale {}, rejected {}",
+        t.messages, t.applied, t.duplicate, t.stale, t.rejected
+    )?;
+    let mut rules: Vec<(&String, &u64)> = t.rules.iter().collect();
+    rules.sort_by_key(|(r, _)| rule_number(r));
+    for (rule, n) in rules {
+        let actions: Vec<String> = t
+            .actions
+            .iter()
+            .filter_map(|(k, v)| {
+                let (r, a) = k.split_once(':')?;
+                (r == rule.as_str()).then(|| format!("{} {v}", change_label_str(a)))
+            })
+            .collect();
+        writeln!(out, "  {rule}: {n} ({})", actions.join(", "))?;
+    }
+    if !t.profiles.is_empty() {
+        let p: Vec<String> = t.profiles.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(out, "profiles: {}", p.join(", "))?;
+    }
+    if !t.reasons.is_empty() {
+        let p: Vec<String> = t.reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(out, "rejected by reason: {}", p.join(", "))?;
+    }
+    Ok(())
+}
+
+fn change_label_str(action: &str) -> &str {
+    match action {
+        "overwritten" => "changed",
+        other => other,
+    }
+}
+
+/// Progress on standard error: an in-place line on a terminal, otherwise a
+/// plain line every 10,000 messages or 5 seconds.
+struct Progress {
+    tty: bool,
+    started: Instant,
+    last: Instant,
+    last_count: u64,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = Instant::now();
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            started: now,
+            last: now,
+            last_count: 0,
+            shown: false,
+        }
+    }
+
+    fn line(t: &Totals, elapsed: Duration) -> String {
+        let rate = t.messages as f64 / elapsed.as_secs_f64().max(0.001);
+        format!(
+            "import: {} messages, {} applied, {} rejected ({rate:.0}/s)",
+            t.messages, t.applied, t.rejected
+        )
+    }
+
+    fn tick(&mut self, t: &Totals) {
+        let due = if self.tty {
+            self.last.elapsed() >= Duration::from_millis(200)
+        } else {
+            t.messages - self.last_count >= 10_000 || self.last.elapsed() >= Duration::from_secs(5)
+        };
+        if !due {
+            return;
+        }
+        let line = Self::line(t, self.started.elapsed());
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        self.last = Instant::now();
+        self.last_count = t.messages;
+        self.shown = true;
+    }
+
+    fn finish(&mut self, t: &Totals) {
+        if self.shown {
+            let line = Self::line(t, self.started.elapsed());
+            if self.tty {
+                eprintln!("\r\x1b[2K{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::domain::rules::Rule;
+
+    fn guardian(version: u64, phone: Option<&str>, email: Option<&str>) -> Inbound {
+        let body = serde_json::json!({
+            "schema": "las.change.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB",
+            "source": {"system": "parnassys", "environment_id": "e", "label": null},
+            "emitted_at": "2026-11-20T06:00:00Z", "version": version,
+            "change": {"type": "guardian.upserted", "las_key": "G1", "phone": phone, "email": email}
+        });
+        message::parse(&serde_json::to_vec(&body).unwrap()).unwrap()
+    }
+
+    fn d(rule: Rule, action: Action, field: Field) -> Decision {
+        Decision {
+            rule,
+            action,
+            field: Some(field),
+        }
+    }
+
+    #[test]
+    fn values_follow_the_decisions_in_version_order() {
+        // Given in reverse order: v2 clears the phone and keeps the e-mail,
+        // v1 set both. The store applies v1 first.
+        let msgs = vec![
+            guardian(2, Some(" "), None),
+            guardian(1, Some("0612"), Some("a@b.nl")),
+        ];
+        let outcomes = vec![
+            MessageOutcome::Applied {
+                decisions: vec![
+                    d(Rule::R2, Action::Cleared, Field::Phone),
+                    d(Rule::R4, Action::Kept, Field::Email),
+                ],
+            },
+            MessageOutcome::Applied {
+                decisions: vec![
+                    d(Rule::R1, Action::Overwritten, Field::Phone),
+                    d(Rule::R1, Action::Overwritten, Field::Email),
+                ],
+            },
+        ];
+        let before = Snapshot::new();
+        let v = field_values(&msgs, &outcomes, &before);
+        assert_eq!(v[1][0], (None, Some("0612".into())));
+        assert_eq!(v[1][1], (None, Some("a@b.nl".into())));
+        assert_eq!(v[0][0], (Some("0612".into()), None));
+        assert_eq!(v[0][1], (Some("a@b.nl".into()), Some("a@b.nl".into())));
+    }
+
+    #[test]
+    fn text_without_values_names_fields_only() {
+        let item = Item {
+            file: "f.ndjson".into(),
+            line: 3,
+            parsed: Ok(guardian(1, Some("0612345678"), None)),
+        };
+        let Ok(m) = &item.parsed else { panic!() };
+        let outcome = MessageOutcome::Applied {
+            decisions: vec![d(Rule::R1, Action::Overwritten, Field::Phone)],
+        };
+        let rec = message_record(&item, m, &outcome, vec![], true);
+        let mut buf = Vec::new();
+        write_record(&mut buf, &rec, true).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.starts_with(
+                "f.ndjson:3: guardian G1 (12AB, v1, guardian.upserted): would be applied"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("R1 changed phone"), "{text}");
+        assert!(!text.contains("0612345678"), "{text}");
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(!json.contains("0612345678"), "{json}");
+    }
+}

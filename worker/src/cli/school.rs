@@ -1,0 +1,218 @@
+//! `las-worker school configure` and `school show`: a school's link settings
+//! (R6), applied through the same code as a `portal.link.v1` message.
+
+use std::process::ExitCode;
+
+use crate::adapters::db::{SchoolView, Store};
+use crate::domain::message::{self, Inbound};
+use crate::domain::outcome::MessageOutcome;
+use clap::Args;
+
+/// `--intake-weeks-ahead`: a number of weeks, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeWeeks {
+    Off,
+    Weeks(u32),
+}
+
+fn parse_intake_weeks(s: &str) -> Result<IntakeWeeks, String> {
+    match s.trim() {
+        "off" | "none" => Ok(IntakeWeeks::Off),
+        n => n
+            .parse()
+            .map(IntakeWeeks::Weeks)
+            .map_err(|_| "expected a number of weeks (0-52) or `off`".to_owned()),
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConfigureArgs {
+    #[arg(long)]
+    pub brin: String,
+    /// The school's LAS.
+    #[arg(long, value_parser = ["parnassys", "esis"])]
+    pub system: String,
+    /// The one LAS environment that may feed this portal (R6).
+    #[arg(long)]
+    pub environment_id: String,
+    /// ESIS only: the environment label; must be `BasisOnline Ouderportaal`.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// R9: import children this many weeks before their 4th birthday into
+    /// the intake group; `off` to switch off.
+    #[arg(long, value_name = "WEEKS|off", value_parser = parse_intake_weeks)]
+    pub intake_weeks_ahead: Option<IntakeWeeks>,
+    /// R8: the role of new staff profiles (default Leerkracht).
+    #[arg(long)]
+    pub default_staff_role: Option<String>,
+    /// R8: put new staff in their LAS groups (default true).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub link_staff_to_groups: Option<bool>,
+    /// R7: create ESIS composite groups (default false).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub esis_composite_groups: Option<bool>,
+    /// R12: days after deactivation before personal data is purged (default 365).
+    #[arg(long)]
+    pub retention_days: Option<u32>,
+}
+
+/// `school show`: the settings as JSON; exit code 1 and no output when the
+/// school is not linked.
+pub async fn show(store: &Store, brin: &str) -> anyhow::Result<ExitCode> {
+    match store.school_view(brin).await? {
+        Some(v) => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => Ok(ExitCode::from(1)),
+    }
+}
+
+/// The `portal.link.v1` message `configure` applies. Options left out keep
+/// the school's current value (the defaults of RULES.md for a new school).
+pub fn link_message(args: &ConfigureArgs, current: Option<&SchoolView>) -> serde_json::Value {
+    let intake_weeks_ahead = match args.intake_weeks_ahead {
+        Some(IntakeWeeks::Weeks(n)) => Some(i64::from(n)),
+        Some(IntakeWeeks::Off) => None,
+        None => current.and_then(|c| c.intake_weeks_ahead.map(i64::from)),
+    };
+    serde_json::json!({
+        "schema": "portal.link.v1",
+        "message_id": uuid::Uuid::new_v4(),
+        "brin": args.brin,
+        "system": args.system,
+        "environment_id": args.environment_id,
+        "label": args.label.clone().or_else(|| current.and_then(|c| c.label.clone())),
+        "intake_weeks_ahead": intake_weeks_ahead,
+        "default_staff_role": args
+            .default_staff_role
+            .clone()
+            .or_else(|| current.map(|c| c.default_staff_role.clone())),
+        "link_staff_to_groups": args
+            .link_staff_to_groups
+            .or_else(|| current.map(|c| c.link_staff_to_groups)),
+        "esis_composite_groups": args
+            .esis_composite_groups
+            .or_else(|| current.map(|c| c.esis_composite_groups)),
+        "retention_days": args
+            .retention_days
+            .map(i64::from)
+            .or_else(|| current.map(|c| i64::from(c.retention_days))),
+        "emitted_at": chrono::Utc::now(),
+    })
+}
+
+/// `school configure`: exit code 0 when applied, 1 when R6 refuses it, 2
+/// when an option is invalid.
+pub async fn configure(
+    store: &Store,
+    args: &ConfigureArgs,
+    today: chrono::NaiveDate,
+) -> anyhow::Result<ExitCode> {
+    let existing = store.school_view(&args.brin).await?;
+    let body = serde_json::to_vec(&link_message(args, existing.as_ref()))?;
+    // The consumer's own reading and validation of a portal.link.v1 message.
+    let link = match message::parse(&body) {
+        Ok(m @ Inbound::Link(_)) => m,
+        Ok(_) => anyhow::bail!("internal error: the link message was read as another message"),
+        Err(r) => {
+            eprintln!(
+                "las-worker: invalid settings [{}]: {}",
+                r.reason.as_str(),
+                r.text
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (outcomes, _) = store
+        .apply_batch(std::slice::from_ref(&link), today)
+        .await?;
+    match outcomes.into_iter().next() {
+        Some(MessageOutcome::Applied { decisions }) => {
+            let codes: Vec<String> = decisions.iter().map(|d| d.code()).collect();
+            let what = if existing.is_some() {
+                "link settings updated"
+            } else {
+                "linked"
+            };
+            println!(
+                "school {}: {what} ({} environment {:?}; {})",
+                args.brin,
+                args.system,
+                args.environment_id,
+                codes.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(MessageOutcome::Rejected(r)) => {
+            eprintln!("las-worker: refused [{}]: {}", r.reason.as_str(), r.text);
+            Ok(ExitCode::from(1))
+        }
+        other => {
+            eprintln!(
+                "las-worker: the link was not applied ({})",
+                other.map(|o| o.label()).unwrap_or("no outcome")
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ConfigureArgs {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: ConfigureArgs,
+        }
+        let mut argv = vec![
+            "x",
+            "--brin",
+            "12AB",
+            "--system",
+            "parnassys",
+            "--environment-id",
+            "env",
+        ];
+        argv.extend_from_slice(extra);
+        <P as clap::Parser>::try_parse_from(argv).unwrap().a
+    }
+
+    #[test]
+    fn left_out_options_keep_the_current_value() {
+        let cur = SchoolView {
+            brin: "12AB".into(),
+            system: "parnassys".into(),
+            environment_id: "env".into(),
+            label: None,
+            intake_weeks_ahead: Some(6),
+            default_staff_role: "Juf".into(),
+            link_staff_to_groups: false,
+            esis_composite_groups: false,
+            retention_days: 100,
+            group_mapping: serde_json::json!([]),
+            first_run_at: None,
+            last_sync_at: None,
+            created_at: None,
+            updated_at: None,
+        };
+        let m = link_message(&args(&["--retention-days", "30"]), Some(&cur));
+        assert_eq!(m["default_staff_role"], "Juf");
+        assert_eq!(m["intake_weeks_ahead"], 6);
+        assert_eq!(m["retention_days"], 30);
+        assert_eq!(m["link_staff_to_groups"], false);
+        let m = link_message(&args(&["--intake-weeks-ahead", "off"]), Some(&cur));
+        assert!(m["intake_weeks_ahead"].is_null());
+        // A new school: absent options are null, so the rules' defaults apply.
+        let m = link_message(&args(&[]), None);
+        assert!(m["default_staff_role"].is_null());
+        assert!(matches!(
+            message::parse(&serde_json::to_vec(&m).unwrap()),
+            Ok(Inbound::Link(_))
+        ));
+    }
+}
