@@ -25,7 +25,8 @@ test: ## Check services, then build and run every test (needs PostgreSQL and Rab
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## Layer check (scripts/check-layers.sh), rustfmt check and clippy with warnings as errors
+	bash scripts/check-layers.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -75,28 +75,32 @@ impl Pipeline {
         self.record_rejection_events(&unreadable, shutdown).await?;
 
         if !msgs.is_empty() {
-            let results = match self.apply_with_retry(&msgs, shutdown).await? {
-                Ok(outcomes) => outcomes,
-                Err(_) if msgs.len() > 1 => {
-                    // Isolate: one message the database refuses must not take its
-                    // neighbours down. Apply one by one; dead-letter only the bad one.
-                    warn!(
-                        batch = msgs.len(),
-                        "database refused a batch; applying its messages one by one"
-                    );
-                    let mut outcomes = Vec::with_capacity(msgs.len());
-                    for m in &msgs {
-                        match self
-                            .apply_with_retry(std::slice::from_ref(m), shutdown)
-                            .await?
-                        {
-                            Ok(mut o) => outcomes.push(o.pop().unwrap_or(MessageOutcome::Stale)),
-                            Err(e) => outcomes.push(refused(m, &e)),
-                        }
-                    }
+            let mut applier = StoreApplier {
+                store: &self.store,
+                today: self.clock.today(),
+            };
+            let control = RetryControl {
+                shutdown,
+                max_attempts: None,
+                metrics: Some(&self.metrics),
+            };
+            let results = match apply_isolating(&mut applier, &msgs, &control).await {
+                Ok(Applied::Batch((outcomes, effects))) => {
+                    self.record_effects(&effects);
                     outcomes
                 }
-                Err(e) => vec![refused(&msgs[0], &e)],
+                Ok(Applied::OneByOne(each)) => msgs
+                    .iter()
+                    .zip(each)
+                    .map(|(m, r)| match r {
+                        Ok((mut o, effects)) => {
+                            self.record_effects(&effects);
+                            o.pop().unwrap_or(MessageOutcome::Stale)
+                        }
+                        Err(e) => refused(m, &e),
+                    })
+                    .collect(),
+                Err(_) => return Err(Interrupted),
             };
             // Messages the database refused were rolled back with their batch:
             // their rejection events are recorded on their own.
@@ -212,36 +216,6 @@ impl Pipeline {
         info!(outcome = "rejected", reason = r.reason.as_str(), detail = %r.text, "message rejected to the dead-letter queue");
     }
 
-    /// Applies a batch, retrying transient failures until they pass or
-    /// shutdown is requested. A permanent failure is returned as `Ok(Err)`.
-    async fn apply_with_retry(
-        &self,
-        msgs: &[Inbound],
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<Result<Vec<MessageOutcome>, StoreError>, Interrupted> {
-        let mut retry = Retry::new();
-        loop {
-            match self.store.apply_batch(msgs, self.clock.today()).await {
-                Ok((outcomes, effects)) => {
-                    self.record_effects(&effects);
-                    return Ok(Ok(outcomes));
-                }
-                Err(e @ StoreError::Conflict) => {
-                    // Not an outage: another batch won a race; apply again at once.
-                    self.metrics.retries.with_label_values(&["database"]).inc();
-                    info!(error = %e, "batch applied again after a concurrent insert");
-                }
-                Err(e) if e.is_transient() => {
-                    self.metrics.retries.with_label_values(&["database"]).inc();
-                    let delay = retry.next_delay();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; batch kept, retrying");
-                    Retry::sleep(delay, shutdown).await?;
-                }
-                Err(e) => return Ok(Err(e)),
-            }
-        }
-    }
-
     fn record_effects(&self, effects: &BatchEffects) {
         for ((kind, change), n) in &effects.profiles {
             self.metrics
@@ -296,5 +270,119 @@ impl BatchHandler for Pipeline {
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Vec<Disposition>, Interrupted> {
         Pipeline::process(self, bodies, shutdown).await
+    }
+}
+
+/// Applies a batch of messages in one transaction: the consumer's applier
+/// writes in its own transaction, `import`'s in a transaction or in a
+/// savepoint of its dry run. The pipeline's retry and isolation
+/// ([`apply_isolating`]) are the same for both.
+pub trait BatchApplier {
+    type Applied;
+    fn apply(
+        &mut self,
+        msgs: &[Inbound],
+    ) -> impl std::future::Future<Output = Result<Self::Applied, StoreError>>;
+}
+
+/// The consumer's applier: one transaction of its own per batch.
+pub struct StoreApplier<'a> {
+    pub store: &'a Store,
+    pub today: chrono::NaiveDate,
+}
+
+impl BatchApplier for StoreApplier<'_> {
+    type Applied = (Vec<MessageOutcome>, BatchEffects);
+    async fn apply(&mut self, msgs: &[Inbound]) -> Result<Self::Applied, StoreError> {
+        self.store.apply_batch(msgs, self.today).await
+    }
+}
+
+/// How long [`apply_isolating`] waits for the database.
+pub struct RetryControl<'a> {
+    /// Stop waiting when shutdown is requested.
+    pub shutdown: &'a watch::Receiver<bool>,
+    /// Give up after this many attempts (`None`: never; the consumer, whose
+    /// messages wait safely in the queue). An operator's command gives up.
+    pub max_attempts: Option<usize>,
+    pub metrics: Option<&'a Metrics>,
+}
+
+/// A batch applied whole, or message by message after the database refused it.
+pub enum Applied<T> {
+    Batch(T),
+    /// One result per message, in order; `Err` is a permanent refusal.
+    OneByOne(Vec<Result<T, StoreError>>),
+}
+
+/// Why [`apply_isolating`] stopped without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    #[error("the database stayed unavailable: {0}")]
+    Unavailable(StoreError),
+}
+
+/// Applies a batch through `applier`, retrying transient failures with the
+/// one retry policy (a lost insert race at once), and isolating a message the
+/// database refuses: one message it refuses must not take its neighbours
+/// down, so the batch is applied one by one and only that message fails.
+pub async fn apply_isolating<A: BatchApplier>(
+    applier: &mut A,
+    msgs: &[Inbound],
+    control: &RetryControl<'_>,
+) -> Result<Applied<A::Applied>, Stopped> {
+    match apply_with_retry(applier, msgs, control).await? {
+        Ok(applied) => Ok(Applied::Batch(applied)),
+        Err(e) if msgs.len() > 1 => {
+            warn!(
+                batch = msgs.len(),
+                error = %e,
+                "database refused a batch; applying its messages one by one"
+            );
+            let mut each = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                each.push(apply_with_retry(applier, std::slice::from_ref(m), control).await?);
+            }
+            Ok(Applied::OneByOne(each))
+        }
+        Err(e) => Ok(Applied::OneByOne(vec![Err(e)])),
+    }
+}
+
+/// Applies a batch, retrying transient failures until they pass, shutdown
+/// is requested or the attempts run out. A permanent failure is `Ok(Err)`.
+async fn apply_with_retry<A: BatchApplier>(
+    applier: &mut A,
+    msgs: &[Inbound],
+    control: &RetryControl<'_>,
+) -> Result<Result<A::Applied, StoreError>, Stopped> {
+    let mut retry = Retry::new();
+    let mut attempt = 1;
+    loop {
+        match applier.apply(msgs).await {
+            Ok(applied) => return Ok(Ok(applied)),
+            Err(e @ StoreError::Conflict) => {
+                // Not an outage: another batch won a race; apply again at once.
+                if let Some(m) = control.metrics {
+                    m.retries.with_label_values(&["database"]).inc();
+                }
+                info!(error = %e, "batch applied again after a concurrent insert");
+            }
+            Err(e) if e.is_transient() => {
+                if control.max_attempts.is_some_and(|max| attempt >= max) {
+                    return Err(Stopped::Unavailable(e));
+                }
+                attempt += 1;
+                if let Some(m) = control.metrics {
+                    m.retries.with_label_values(&["database"]).inc();
+                }
+                let delay = retry.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; batch kept, retrying");
+                Retry::sleep(delay, control.shutdown).await?;
+            }
+            Err(e) => return Ok(Err(e)),
+        }
     }
 }

@@ -141,3 +141,41 @@ impl Events {
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted by shutdown before the batch could be committed")]
 pub struct Interrupted;
+
+/// The change journal entries of a batch, column by column (one row per
+/// applied message: its decisions as codes like `R2:cleared:phone`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Journal {
+    pub school_id: Vec<i64>,
+    pub message_id: Vec<Uuid>,
+    pub kind: Vec<String>,
+    pub las_key: Vec<String>,
+    pub version: Vec<i64>,
+    pub decisions: Vec<String>,
+}
+
+impl Journal {
+    pub fn push(
+        &mut self,
+        school_id: i64,
+        message_id: Uuid,
+        kind: &str,
+        las_key: &str,
+        version: i64,
+        decisions: &[Decision],
+    ) {
+        self.school_id.push(school_id);
+        self.message_id.push(message_id);
+        self.kind.push(kind.to_owned());
+        self.las_key.push(las_key.to_owned());
+        self.version.push(version);
+        let mut codes = String::with_capacity(decisions.len() * 24);
+        for (i, d) in decisions.iter().enumerate() {
+            if i > 0 {
+                codes.push(',');
+            }
+            d.write_code(&mut codes);
+        }
+        self.decisions.push(codes);
+    }
+}

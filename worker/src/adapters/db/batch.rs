@@ -5,7 +5,6 @@
 //! suggestions), groups, snapshots and rollovers, events, journal, last sync.
 //! The domain decides (`domain::batch`, `domain::rules`); this file sequences.
 
-use crate::domain::batch::profile_kind;
 use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
@@ -14,9 +13,10 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::message::{Inbound, Rejection};
-use crate::domain::outcome::{BatchEffects, MessageOutcome};
-use crate::domain::rules::{self, Decision};
+use crate::domain::batch::{self, School, profile_kind};
+use crate::domain::message::Inbound;
+use crate::domain::outcome::{BatchEffects, Journal, MessageOutcome};
+use crate::domain::rules::{self};
 
 impl Store {
     /// Applies a batch in one transaction. Returns one outcome per message, in
@@ -70,33 +70,9 @@ impl Store {
             .collect();
         let schools = load_schools(&mut tx, &brins).await?;
 
-        // R6 and support checks, then dedupe by message id.
-        let mut accepted: Vec<(usize, &LasChangeV1, i64)> = Vec::new();
-        let mut seen = HashSet::new();
-        for (i, m) in msgs.iter().enumerate() {
-            let Inbound::Change(c) = m else { continue };
-            let school = schools.get(&c.brin);
-            if let Err(r) = rules::check_source(&c.brin, school.map(|s| &s.settings), &c.source) {
-                outcomes[i] = Some(MessageOutcome::Rejected(
-                    Rejection::new(r.reason, r.text).with_message_id(c.message_id),
-                ));
-                continue;
-            }
-            if let (Change::GroupUpserted(g), Some(school)) = (&c.change, school)
-                && let Err(r) = rules::plan_group(g, &school.settings)
-            {
-                outcomes[i] = Some(MessageOutcome::Rejected(
-                    Rejection::new(r.reason, r.text).with_message_id(c.message_id),
-                ));
-                continue;
-            }
-            if !seen.insert(c.message_id) {
-                outcomes[i] = Some(MessageOutcome::Duplicate);
-                continue;
-            }
-            let school_id = school.map(|s| s.id).unwrap_or_default();
-            accepted.push((i, c, school_id));
-        }
+        // R6 and support checks, then dedupe by message id: within the
+        // batch (domain), then across batches (processed_messages).
+        let mut accepted = batch::precheck(msgs, &schools, &mut outcomes);
 
         let ids: Vec<Uuid> = accepted.iter().map(|(_, c, _)| c.message_id).collect();
         let school_ids: Vec<i64> = accepted.iter().map(|(_, _, s)| *s).collect();
@@ -121,7 +97,7 @@ impl Store {
             }
         });
 
-        let by_id: HashMap<i64, &SchoolRow> = schools.values().map(|s| (s.id, s)).collect();
+        let by_id: HashMap<i64, &School> = schools.values().map(|s| (s.id, s)).collect();
         let mut journal = Journal::default();
 
         // Profiles.
@@ -187,16 +163,7 @@ impl Store {
                 _ => None,
             };
             if let Some(action) = decision {
-                let rule = if matches!(c.change, Change::SchoolYearRolledOver(_)) {
-                    rules::Rule::R11
-                } else {
-                    rules::Rule::R12
-                };
-                let decisions = vec![Decision {
-                    rule,
-                    action,
-                    field: None,
-                }];
+                let decisions = batch::school_decision(&c.change, action);
                 journal.push(
                     *school_id,
                     c.message_id,
@@ -225,7 +192,7 @@ impl Store {
         }
         event_outbox::write(&mut tx, &mut effects.events).await?;
 
-        journal.write(&mut tx).await?;
+        journal::write(&mut tx, &journal).await?;
 
         let synced: Vec<i64> = accepted
             .iter()

@@ -6,6 +6,8 @@ use las_contracts::{Change, LasChangeV1};
 use sqlx::{Postgres, Transaction};
 
 use super::*;
+use crate::domain::batch::School;
+use crate::domain::outcome::Journal;
 use crate::domain::outcome::{BatchEffects, MessageOutcome};
 use crate::domain::rules::{self, Decision};
 
@@ -64,34 +66,13 @@ pub(super) async fn first_run(
 pub(super) async fn apply_groups(
     tx: &mut Transaction<'_, Postgres>,
     msgs: &[(usize, &LasChangeV1, i64)],
-    schools: &HashMap<i64, &SchoolRow>,
+    schools: &HashMap<i64, &School>,
     outcomes: &mut [Option<MessageOutcome>],
     journal: &mut Journal,
     effects: &mut BatchEffects,
 ) -> Result<(), StoreError> {
     // Newest per (school, key) in this batch; older ones in the batch are stale.
-    let mut newest: HashMap<(i64, String), (usize, &LasChangeV1)> = HashMap::new();
-    for (i, c, s) in msgs {
-        let Some(key) = c.change.las_key() else {
-            continue;
-        };
-        let k = (*s, key.trim().to_owned());
-        match newest.get(&k) {
-            Some((_, prev)) if prev.version >= c.version => {
-                outcomes[*i] = Some(MessageOutcome::Stale);
-            }
-            Some((j, _)) => {
-                outcomes[*j] = Some(MessageOutcome::Stale);
-                newest.insert(k, (*i, c));
-            }
-            None => {
-                newest.insert(k, (*i, c));
-            }
-        }
-    }
-    type Newest<'a> = ((i64, String), (usize, &'a LasChangeV1));
-    let mut rows: Vec<Newest> = newest.into_iter().collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let rows = crate::domain::batch::newest_per_group(msgs, outcomes);
     let mut school = Vec::new();
     let mut key = Vec::new();
     let mut name: Vec<Option<String>> = Vec::new();

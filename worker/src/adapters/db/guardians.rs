@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use sqlx::{Postgres, Transaction};
 
 use super::*;
+use crate::domain::batch;
 use crate::domain::outcome::BatchEffects;
 use crate::domain::rules::{self, Status};
 
@@ -165,7 +166,7 @@ pub(super) async fn reconcile_guardians(
             entry.push(*st);
         }
     }
-    let mut changed: Vec<(String, String, String, String)> = Vec::new();
+    let mut changed: Vec<(Status, Status, String, String)> = Vec::new();
     let (mut u_id, mut u_status): (Vec<i64>, Vec<&'static str>) = (Vec::new(), Vec::new());
     for (id, school, key, was, brin) in &cands {
         // A guardian without links keeps its status.
@@ -176,12 +177,7 @@ pub(super) async fn reconcile_guardians(
         if target != *was {
             u_id.push(*id);
             u_status.push(target.as_str());
-            changed.push((
-                target.as_str().to_owned(),
-                was.as_str().to_owned(),
-                key.clone(),
-                brin.clone(),
-            ));
+            changed.push((target, *was, key.clone(), brin.clone()));
         }
     }
     if !u_id.is_empty() {
@@ -200,23 +196,9 @@ pub(super) async fn reconcile_guardians(
         .await?;
     }
     sqlx::raw_sql(PLANNER_DEFAULTS).execute(&mut **tx).await?;
-    for (st, was, key, brin) in changed {
-        use las_contracts::SyncEventType as E;
-        let label = match st.as_str() {
-            "active" => "activated",
-            "held" => "held",
-            _ => "deactivated",
-        };
+    for (target, was, key, brin) in changed {
+        let (label, event) = batch::guardian_transition(was, target);
         *effects.profiles.entry(("guardian", label)).or_default() += 1;
-        let event = match (was.as_str(), st.as_str()) {
-            ("held", "active") => Some((E::ProfileCreated, None)),
-            ("deactivated", "active") => Some((E::ProfileReactivated, None)),
-            ("active", "deactivated") => Some((
-                E::ProfileDeactivated,
-                Some(rules::ALL_STUDENTS_REMOVED.to_owned()),
-            )),
-            _ => None,
-        };
         if let Some((ty, reason)) = event {
             effects.events.push(
                 ty,

@@ -1,65 +1,32 @@
 //! The change journal: one row per applied message, its decisions (rule ids).
 
 use sqlx::{PgPool, Postgres, Transaction};
-use uuid::Uuid;
 
 use super::*;
-use crate::domain::rules::Decision;
+use crate::domain::outcome::Journal;
 
-#[derive(Default)]
-pub(super) struct Journal {
-    pub(super) school_id: Vec<i64>,
-    pub(super) message_id: Vec<Uuid>,
-    pub(super) kind: Vec<String>,
-    pub(super) las_key: Vec<String>,
-    pub(super) version: Vec<i64>,
-    pub(super) decisions: Vec<String>,
-}
-
-impl Journal {
-    pub(super) fn push(
-        &mut self,
-        school_id: i64,
-        message_id: Uuid,
-        kind: &str,
-        las_key: &str,
-        version: i64,
-        decisions: &[Decision],
-    ) {
-        self.school_id.push(school_id);
-        self.message_id.push(message_id);
-        self.kind.push(kind.to_owned());
-        self.las_key.push(las_key.to_owned());
-        self.version.push(version);
-        let mut codes = String::with_capacity(decisions.len() * 24);
-        for (i, d) in decisions.iter().enumerate() {
-            if i > 0 {
-                codes.push(',');
-            }
-            d.write_code(&mut codes);
-        }
-        self.decisions.push(codes);
+/// Writes a batch's journal entries in one statement.
+pub async fn write(
+    tx: &mut Transaction<'_, Postgres>,
+    journal: &Journal,
+) -> Result<(), StoreError> {
+    if journal.school_id.is_empty() {
+        return Ok(());
     }
-
-    pub(super) async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
-        if self.school_id.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO change_journal (school_id, message_id, entity_kind, las_key, version, decisions)
-             SELECT s, m, k, l, v, CASE WHEN d = '' THEN '{}'::text[] ELSE string_to_array(d, ',') END
-             FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[]) AS t(s, m, k, l, v, d)",
-        )
-        .bind(&self.school_id)
-        .bind(&self.message_id)
-        .bind(&self.kind)
-        .bind(&self.las_key)
-        .bind(&self.version)
-        .bind(&self.decisions)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
+    sqlx::query(
+        "INSERT INTO change_journal (school_id, message_id, entity_kind, las_key, version, decisions)
+         SELECT s, m, k, l, v, CASE WHEN d = '' THEN '{}'::text[] ELSE string_to_array(d, ',') END
+         FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[]) AS t(s, m, k, l, v, d)",
+    )
+    .bind(&journal.school_id)
+    .bind(&journal.message_id)
+    .bind(&journal.kind)
+    .bind(&journal.las_key)
+    .bind(&journal.version)
+    .bind(&journal.decisions)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Deletes change-journal entries older than `days` days, in slices so no

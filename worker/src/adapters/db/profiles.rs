@@ -4,31 +4,18 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
-use las_contracts::{Change, LasChangeV1};
+use las_contracts::LasChangeV1;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::batch::profile_kind;
+use crate::domain::batch::School;
+use crate::domain::batch::{self, ProfileKey, ProfileSlot};
+use crate::domain::outcome::Journal;
 use crate::domain::outcome::{BatchEffects, MessageOutcome};
-use crate::domain::rules::{
-    self, Applied, Contact, LasProfile, Outcome, Profile, ProfileKind, Status,
-};
+use crate::domain::rules::{self, Contact, Profile, ProfileKind, Status};
 
-pub(super) type Key = (i64, ProfileKind, String);
-
-pub(super) struct ProfileSlot {
-    pub(super) id: i64,
-    pub(super) current: Option<Profile>,
-    pub(super) state: Option<Profile>,
-    pub(super) was_status: Option<Status>,
-    pub(super) group_keys: Option<Vec<String>>,
-    pub(super) student_keys: Option<Vec<String>>,
-    pub(super) removed: bool,
-    pub(super) message_id: Option<Uuid>,
-    /// Inserted by this batch with its final values (no update needed).
-    pub(super) inserted: bool,
-}
+pub(super) type Key = ProfileKey;
 
 pub(super) fn status_of(s: &str) -> Option<Status> {
     Status::parse(s)
@@ -60,7 +47,7 @@ pub(crate) fn contact_from_row(row: &sqlx::postgres::PgRow) -> Result<Contact, s
 pub(super) async fn apply_profiles(
     tx: &mut Transaction<'_, Postgres>,
     msgs: &[(usize, &LasChangeV1, i64)],
-    schools: &HashMap<i64, &SchoolRow>,
+    schools: &HashMap<i64, &School>,
     today: NaiveDate,
     outcomes: &mut [Option<MessageOutcome>],
     journal: &mut Journal,
@@ -68,13 +55,7 @@ pub(super) async fn apply_profiles(
 ) -> Result<(), StoreError> {
     let keys: Vec<Key> = msgs
         .iter()
-        .filter_map(|(_, c, s)| {
-            Some((
-                *s,
-                profile_kind(&c.change)?,
-                c.change.las_key()?.trim().to_owned(),
-            ))
-        })
+        .filter_map(|(_, c, s)| batch::profile_key(c, *s))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -117,107 +98,20 @@ pub(super) async fn apply_profiles(
         };
         slots.insert(
             (row.try_get("school_id")?, kind, row.try_get("las_key")?),
-            ProfileSlot {
-                id: row.try_get("id")?,
-                was_status: current.as_ref().map(|c| c.status),
-                state: current.clone(),
-                current,
-                group_keys: None,
-                student_keys: None,
-                removed: false,
-                message_id: None,
-                inserted: false,
-            },
+            ProfileSlot::existing(row.try_get("id")?, current),
         );
     }
 
     // Keys the portal does not have yet: inserted with their final values
     // after the rules ran (id 0 until then).
     for key in &keys {
-        slots.entry(key.clone()).or_insert(ProfileSlot {
-            id: 0,
-            current: None,
-            state: None,
-            was_status: None,
-            group_keys: None,
-            student_keys: None,
-            removed: false,
-            message_id: None,
-            inserted: false,
-        });
+        slots
+            .entry(key.clone())
+            .or_insert_with(ProfileSlot::new_key);
     }
 
-    // Version order per entity: the result equals in-order arrival.
-    let mut order: Vec<&(usize, &LasChangeV1, i64)> = msgs.iter().collect();
-    order.sort_by_key(|(i, c, _)| (c.version, *i));
-    for (i, c, school_id) in order {
-        let Some(kind) = profile_kind(&c.change) else {
-            continue;
-        };
-        let Some(key) = c.change.las_key().map(|k| k.trim().to_owned()) else {
-            continue;
-        };
-        let Some(school) = schools.get(school_id) else {
-            continue;
-        };
-        let Some(slot) = slots.get_mut(&(*school_id, kind, key.clone())) else {
-            continue;
-        };
-        let version = c.version as i64;
-        let outcome = match &c.change {
-            Change::StudentUpserted(r) => rules::apply_profile(
-                slot.state.as_ref(),
-                &LasProfile::from_student(r),
-                version,
-                &school.settings,
-                today,
-            ),
-            Change::GuardianUpserted(r) => rules::apply_profile(
-                slot.state.as_ref(),
-                &LasProfile::from_guardian(r),
-                version,
-                &school.settings,
-                today,
-            ),
-            Change::StaffUpserted(r) => rules::apply_profile(
-                slot.state.as_ref(),
-                &LasProfile::from_staff(r),
-                version,
-                &school.settings,
-                today,
-            ),
-            _ => rules::apply_removal(slot.state.as_ref(), version),
-        };
-        match outcome {
-            Outcome::Stale => outcomes[*i] = Some(MessageOutcome::Stale),
-            Outcome::Applied(applied) => {
-                let Applied {
-                    profile,
-                    decisions,
-                    group_keys,
-                    student_keys,
-                } = *applied;
-                journal.push(
-                    *school_id,
-                    c.message_id,
-                    kind.as_str(),
-                    &key,
-                    version,
-                    &decisions,
-                );
-                slot.removed = profile.status == Status::Deactivated;
-                slot.state = Some(profile);
-                if group_keys.is_some() {
-                    slot.group_keys = group_keys;
-                }
-                if student_keys.is_some() {
-                    slot.student_keys = student_keys;
-                }
-                slot.message_id = Some(c.message_id);
-                outcomes[*i] = Some(MessageOutcome::Applied { decisions });
-            }
-        }
-    }
+    // The rules, in version order per profile (domain::batch).
+    batch::fold_profiles(msgs, &mut slots, schools, today, outcomes, journal);
 
     // New profiles in one statement, in key order (as concurrent writers
     // insert them), with their final values. A key another transaction
@@ -255,70 +149,15 @@ pub(super) async fn apply_profiles(
         if slot.message_id.is_none() {
             continue;
         }
-        let change = match (slot.was_status, state.status) {
-            (None | Some(Status::Held), Status::Active) => Some("created"),
-            (None, Status::Held) => Some("held"),
-            (Some(Status::Deactivated), Status::Active) => Some("reactivated"),
-            (None | Some(Status::Active) | Some(Status::Held), Status::Deactivated) => {
-                Some("deactivated")
-            }
-            (Some(Status::Active), Status::Active)
-                if slot.current.as_ref().map(|c| &c.contact) != Some(&state.contact) =>
-            {
-                Some("updated")
-            }
-            _ => None,
-        };
+        let change = batch::profile_change(slot.was_status, slot.current.as_ref(), state);
         if let Some(change) = change {
-            *effects.profiles.entry((kind.as_str(), change)).or_default() += 1;
+            *effects
+                .profiles
+                .entry((kind.as_str(), change.label()))
+                .or_default() += 1;
         }
         if let Some(school) = schools.get(school_id) {
-            use las_contracts::SyncEventType as E;
-            let was_in_intake = slot.current.as_ref().is_some_and(|c| c.in_intake);
-            let event = match change {
-                Some("created") => Some((E::ProfileCreated, vec![], None)),
-                Some("reactivated") => Some((E::ProfileReactivated, vec![], None)),
-                Some("deactivated") => Some((
-                    E::ProfileDeactivated,
-                    vec![],
-                    Some("removed_in_las".to_owned()),
-                )),
-                Some("updated") => {
-                    let fields = slot
-                        .current
-                        .as_ref()
-                        .map(|c| c.contact.changed_fields(&state.contact))
-                        .unwrap_or_default();
-                    Some((
-                        E::ProfileUpdated,
-                        fields.iter().map(|f| f.as_str().to_owned()).collect(),
-                        None,
-                    ))
-                }
-                _ => None,
-            };
-            if let Some((ty, fields, reason)) = event {
-                effects.events.push(
-                    ty,
-                    &school.brin,
-                    slot.message_id,
-                    Some(kind.as_str()),
-                    Some(key),
-                    fields,
-                    reason,
-                );
-            }
-            if was_in_intake && !state.in_intake && state.status == Status::Active {
-                effects.events.push(
-                    E::ProfileMovedFromIntake,
-                    &school.brin,
-                    slot.message_id,
-                    Some(kind.as_str()),
-                    Some(key),
-                    vec![],
-                    None,
-                );
-            }
+            batch::profile_events(&mut effects.events, &school.brin, *kind, key, slot, change);
         }
         if !slot.inserted {
             w.push(slot, state);

@@ -4,7 +4,9 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::*;
+use crate::domain::batch::School;
 use crate::domain::outcome::BatchEffects;
+use crate::domain::rules::rollover::{YEAR_BOUND_RECORDS, rollover_action};
 use crate::domain::rules::{self, ProfileKind};
 
 pub(super) fn static_kind(kind: &str) -> &'static str {
@@ -19,12 +21,12 @@ pub(super) fn static_kind(kind: &str) -> &'static str {
 /// registrations of earlier years are deleted. Once per school and year.
 pub(super) async fn rollover(
     tx: &mut Transaction<'_, Postgres>,
-    school: &SchoolRow,
+    school: &School,
     school_year: &str,
     message_id: Uuid,
     effects: &mut BatchEffects,
 ) -> Result<rules::Action, StoreError> {
-    let year = school_year.trim();
+    let year = rules::rollover::school_year(school_year);
     let first = sqlx::query(
         "INSERT INTO school_year_rollovers (school_id, school_year, message_id, items_unlinked, records_deleted)
          VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
@@ -36,7 +38,7 @@ pub(super) async fn rollover(
     .await?
     .rows_affected();
     if first == 0 {
-        return Ok(rules::Action::AlreadyRolledOver);
+        return Ok(rollover_action(false));
     }
     let unlinked = sqlx::query(
         "UPDATE group_items i SET unlinked_from_group_id = i.group_id, unlinked_at = now(), group_id = NULL
@@ -48,11 +50,7 @@ pub(super) async fn rollover(
     .await?
     .rows_affected();
     let mut deleted = 0;
-    for table in [
-        "absence_reports",
-        "leave_requests",
-        "after_school_care_registrations",
-    ] {
+    for table in YEAR_BOUND_RECORDS {
         deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE school_id = $1 AND school_year < $2"
         )))
@@ -71,5 +69,5 @@ pub(super) async fn rollover(
         .await?;
     tracing::info!(brin = %school.brin, school_year = year, items_unlinked = unlinked, records_deleted = deleted, "school year rolled over (R11)");
     effects.rollovers.push((year.to_owned(), unlinked, deleted));
-    Ok(rules::Action::RolledOver)
+    Ok(rollover_action(true))
 }

@@ -6,16 +6,10 @@ use las_contracts::{LasSystem, PortalLinkV1, RejectReason};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::*;
+use crate::domain::batch::School;
 use crate::domain::message::Rejection;
 use crate::domain::outcome::MessageOutcome;
 use crate::domain::rules::{self, Decision, SchoolSettings};
-
-#[derive(Debug, Clone)]
-pub(super) struct SchoolRow {
-    pub(super) id: i64,
-    pub(super) brin: String,
-    pub(super) settings: SchoolSettings,
-}
 
 pub(super) fn settings_from_row(
     row: &sqlx::postgres::PgRow,
@@ -43,7 +37,7 @@ pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, e
 pub(super) async fn load_schools(
     tx: &mut Transaction<'_, Postgres>,
     brins: &[String],
-) -> Result<HashMap<String, SchoolRow>, StoreError> {
+) -> Result<HashMap<String, School>, StoreError> {
     if brins.is_empty() {
         return Ok(HashMap::new());
     }
@@ -58,7 +52,7 @@ pub(super) async fn load_schools(
         let brin: String = row.try_get("brin")?;
         out.insert(
             brin.clone(),
-            SchoolRow {
+            School {
                 id: row.try_get("id")?,
                 brin,
                 settings: settings_from_row(&row)?,

@@ -5,6 +5,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::*;
+use crate::domain::batch::School;
 use crate::domain::batch::profile_kind;
 use crate::domain::outcome::BatchEffects;
 use crate::domain::rules::{self};
@@ -67,7 +68,7 @@ pub(super) async fn record_snapshot_members(
 /// operator (`las-worker snapshot release|discard`).
 pub(super) async fn complete_snapshot(
     tx: &mut Transaction<'_, Postgres>,
-    school: &SchoolRow,
+    school: &School,
     sn: &las_contracts::SnapshotCompleted,
     message_id: Uuid,
     effects: &mut BatchEffects,
@@ -143,7 +144,7 @@ pub(super) async fn snapshot_counts(
 
 pub(super) async fn deactivate_missing(
     tx: &mut Transaction<'_, Postgres>,
-    school: &SchoolRow,
+    school: &School,
     snapshot: Uuid,
     message_id: Option<Uuid>,
     effects: &mut BatchEffects,

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::*;
 use crate::domain::message::Rejection;
 use crate::domain::outcome::{BatchEffects, MessageOutcome};
+use crate::domain::rules::suggestions::PortalUser;
 use crate::domain::rules::{self, Contact, Decision};
 
 /// R10: a parent's edit becomes a suggestion, with one outbox e-mail per
@@ -207,15 +208,28 @@ pub(super) async fn apply_parent_edit(
 pub(super) async fn school_users<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     school_id: i64,
-) -> Result<Vec<crate::domain::rules::suggestions::PortalUser>, StoreError> {
-    Ok(sqlx::query_as(
+) -> Result<Vec<PortalUser>, StoreError> {
+    let rows: Vec<(i64, String, String, String, bool, bool)> = sqlx::query_as(
         "SELECT u.id, u.display_name, u.email, u.role, u.active,
                 EXISTS (SELECT 1 FROM portal_user_rights r WHERE r.user_id = u.id AND r.\"right\" = 'notify_contact_changes') AS notify_contact_changes
          FROM portal_users u WHERE u.school_id = $1 ORDER BY u.id",
     )
     .bind(school_id)
     .fetch_all(exec)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, display_name, email, role, active, notify_contact_changes)| PortalUser {
+                id,
+                display_name,
+                email,
+                role,
+                active,
+                notify_contact_changes,
+            },
+        )
+        .collect())
 }
 
 /// R10: an open suggestion is resolved when the LAS brings every proposed value.
@@ -266,10 +280,7 @@ pub struct SuggestionView {
 
 impl Store {
     /// R10: who receives suggestions for a school.
-    pub async fn recipients(
-        &self,
-        brin: &str,
-    ) -> Result<Option<Vec<crate::domain::rules::suggestions::PortalUser>>, StoreError> {
+    pub async fn recipients(&self, brin: &str) -> Result<Option<Vec<PortalUser>>, StoreError> {
         let Some(id): Option<i64> = sqlx::query_scalar("SELECT id FROM schools WHERE brin = $1")
             .bind(brin)
             .fetch_optional(&self.pool)

@@ -85,7 +85,7 @@ pub fn plan(system: LasSystem, current: &Contact, proposals: &[FieldProposal]) -
 }
 
 /// A portal user as far as suggestions are concerned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PortalUser {
     pub id: i64,
     pub display_name: String,

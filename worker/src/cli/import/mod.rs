@@ -18,18 +18,22 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use backon::BackoffBuilder;
 use chrono::NaiveDate;
 use clap::Args;
-use las_contracts::{Change, RejectReason};
+use las_contracts::Change;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::{OutputFormat, json_line};
+
+mod report;
 use crate::adapters::db::{BatchEffects, MessageOutcome, Store, StoreError};
+use crate::app::pipeline::{Applied, BatchApplier, RetryControl, apply_isolating, refused};
 use crate::domain::message::{self, Inbound, Rejection};
 use crate::domain::rules::{Action, Contact, Decision, Field, LasProfile, ProfileKind};
+use report::*;
+use tokio::sync::watch;
 
 /// Attempts per chunk when the database is unavailable (about a minute).
 const TRANSIENT_ATTEMPTS: usize = 10;
@@ -274,34 +278,37 @@ struct Chunk {
 type ProfileKey = (String, ProfileKind, String);
 type Snapshot = HashMap<ProfileKey, Contact>;
 
-/// Applies a chunk like the consumer: retries while the database is
-/// unavailable, and applies message by message when it refuses the chunk.
+/// Applies a chunk through the consumer's pipeline (`app::pipeline`): the
+/// same retry policy while the database is unavailable (giving up after
+/// `TRANSIENT_ATTEMPTS`, about a minute: an operator is waiting), and the
+/// same isolation of a message the database refuses.
 async fn apply(
     store: &Store,
-    mut dry: Option<&mut Transaction<'static, Postgres>>,
+    dry: Option<&mut Transaction<'static, Postgres>>,
     today: NaiveDate,
     show_values: bool,
     msgs: &[Inbound],
 ) -> anyhow::Result<Chunk> {
-    match apply_retrying(store, dry.as_deref_mut(), today, show_values, msgs).await {
-        Ok(c) => Ok(c),
-        Err(e) if e.is_transient() => Err(e).context("the database stayed unavailable"),
-        Err(e) if msgs.len() == 1 => Ok(Chunk {
-            outcomes: vec![refused(&msgs[0], &e)],
-            ..Chunk::default()
-        }),
-        Err(_) => {
+    let mut applier = ImportApplier {
+        store,
+        dry,
+        today,
+        show_values,
+    };
+    // An import is stopped with Ctrl-C, which ends the process: chunks
+    // committed so far stay, the one in flight is rolled back.
+    let (_never, shutdown) = watch::channel(false);
+    let control = RetryControl {
+        shutdown: &shutdown,
+        max_attempts: Some(TRANSIENT_ATTEMPTS),
+        metrics: None,
+    };
+    match apply_isolating(&mut applier, msgs, &control).await {
+        Ok(Applied::Batch(chunk)) => Ok(chunk),
+        Ok(Applied::OneByOne(each)) => {
             let mut all = Chunk::default();
-            for m in msgs {
-                match apply_retrying(
-                    store,
-                    dry.as_deref_mut(),
-                    today,
-                    show_values,
-                    std::slice::from_ref(m),
-                )
-                .await
-                {
+            for (m, r) in msgs.iter().zip(each) {
+                match r {
                     Ok(c) => {
                         all.outcomes.push(
                             c.outcomes
@@ -314,47 +321,36 @@ async fn apply(
                             *all.effects.profiles.entry(k).or_default() += v;
                         }
                     }
-                    Err(e) if e.is_transient() => {
-                        return Err(e).context("the database stayed unavailable");
-                    }
                     Err(e) => all.outcomes.push(refused(m, &e)),
                 }
             }
             Ok(all)
         }
+        Err(e) => Err(e.into()),
     }
 }
 
-async fn apply_retrying(
-    store: &Store,
-    mut dry: Option<&mut Transaction<'static, Postgres>>,
+/// `import`'s applier: a transaction per chunk, or a savepoint of the dry
+/// run's transaction (kept for the next chunks, rolled back at the end).
+struct ImportApplier<'a> {
+    store: &'a Store,
+    dry: Option<&'a mut Transaction<'static, Postgres>>,
     today: NaiveDate,
     show_values: bool,
-    msgs: &[Inbound],
-) -> Result<Chunk, StoreError> {
-    let mut backoff = crate::app::retry::transient_backoff().build();
-    let mut attempt = 1;
-    loop {
-        let result = match dry.as_deref_mut() {
-            // A savepoint in the dry run's transaction: kept for the next
-            // chunks, rolled back with the whole dry run at the end.
+}
+
+impl BatchApplier for ImportApplier<'_> {
+    type Applied = Chunk;
+    async fn apply(&mut self, msgs: &[Inbound]) -> Result<Chunk, StoreError> {
+        match self.dry.as_deref_mut() {
             Some(outer) => {
                 let sp = sqlx::Connection::begin(&mut **outer).await?;
-                apply_in(store, sp, today, show_values, msgs).await
+                apply_in(self.store, sp, self.today, self.show_values, msgs).await
             }
             None => {
-                let tx = store.pool().begin().await?;
-                apply_in(store, tx, today, show_values, msgs).await
+                let tx = self.store.pool().begin().await?;
+                apply_in(self.store, tx, self.today, self.show_values, msgs).await
             }
-        };
-        match result {
-            Err(e) if e.is_transient() && attempt < TRANSIENT_ATTEMPTS => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; chunk kept, retrying");
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            other => return other,
         }
     }
 }
@@ -378,16 +374,6 @@ async fn apply_in(
         before,
         effects,
     })
-}
-
-fn refused(m: &Inbound, e: &StoreError) -> MessageOutcome {
-    MessageOutcome::Rejected(
-        Rejection::new(
-            RejectReason::DatabaseRejected,
-            format!("the portal database refused this message ({e})"),
-        )
-        .with_message_id(m.message_id()),
-    )
 }
 
 fn profile_key(m: &Inbound) -> Option<ProfileKey> {
@@ -462,369 +448,6 @@ fn field_values(msgs: &[Inbound], outcomes: &[MessageOutcome], before: &Snapshot
         }
     }
     out
-}
-
-/// One line of the report.
-#[derive(Debug, Serialize)]
-struct Record {
-    record: &'static str,
-    file: String,
-    line: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message_id: Option<uuid::Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    brin: Option<String>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    message_type: Option<&'static str>,
-    /// student, guardian, staff, group, school (a link) or school_year.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    entity: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    las_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<u64>,
-    /// applied, duplicate, stale or rejected.
-    outcome: &'static str,
-    dry_run: bool,
-    decisions: Vec<DecisionRecord>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason_code: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct DecisionRecord {
-    rule: &'static str,
-    action: &'static str,
-    /// `changed` (overwritten), `cleared`, `kept`, or the action's name.
-    change: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
-    /// `R2:cleared:phone`, as in the change journal.
-    code: String,
-    /// With `--show-values` only: the value before and after (null: blank).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    new: Option<Value>,
-}
-
-fn change_label(a: Action) -> &'static str {
-    match a {
-        Action::Overwritten => "changed",
-        Action::Cleared => "cleared",
-        Action::Kept => "kept",
-        other => other.as_str(),
-    }
-}
-
-fn decision_record(
-    d: &Decision,
-    values: Option<&(Option<String>, Option<String>)>,
-) -> DecisionRecord {
-    let text = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
-    let (old, new) = match (d.field, values) {
-        (Some(_), Some((o, n))) => (Some(text(o)), Some(text(n))),
-        _ => (None, None),
-    };
-    DecisionRecord {
-        rule: d.rule.as_str(),
-        action: d.action.as_str(),
-        change: change_label(d.action),
-        field: d.field.map(Field::as_str),
-        code: d.code(),
-        old,
-        new,
-    }
-}
-
-/// The record of a line, before its outcome is known.
-fn base_record(item: &Item, m: Option<&Inbound>) -> Record {
-    let mut rec = Record {
-        record: "message",
-        file: item.file.clone(),
-        line: item.line,
-        message_id: None,
-        brin: None,
-        message_type: None,
-        entity: None,
-        las_key: None,
-        version: None,
-        outcome: "rejected",
-        dry_run: false,
-        decisions: vec![],
-        reason_code: None,
-        reason: None,
-    };
-    let Some(m) = m else { return rec };
-    rec.message_id = Some(m.message_id());
-    rec.brin = Some(m.brin().to_owned());
-    rec.message_type = Some(m.type_name());
-    match m {
-        Inbound::Change(c) => {
-            rec.entity = Some(match &c.change {
-                Change::GroupUpserted(_) | Change::GroupRemoved(_) => "group",
-                Change::SchoolYearRolledOver(_) => "school_year",
-                other => profile_kind(other)
-                    .map(ProfileKind::as_str)
-                    .unwrap_or("unknown"),
-            });
-            rec.las_key = c.change.las_key().map(|k| k.trim().to_owned());
-            rec.version = Some(c.version);
-        }
-        Inbound::Link(_) => rec.entity = Some("school"),
-        Inbound::ParentEdit(e) => {
-            rec.entity = Some("guardian");
-            rec.las_key = e.guardian_las_key.clone();
-        }
-    }
-    rec
-}
-
-fn rejected_record(item: &Item, m: Option<&Inbound>, r: &Rejection) -> Record {
-    let mut rec = base_record(item, m);
-    if rec.message_id.is_none() {
-        rec.message_id = r.message_id;
-    }
-    rec.reason_code = Some(r.reason.as_str());
-    rec.reason = Some(r.text.clone());
-    rec
-}
-
-fn message_record(
-    item: &Item,
-    m: &Inbound,
-    outcome: &MessageOutcome,
-    values: Values,
-    dry_run: bool,
-) -> Record {
-    let mut rec = match outcome {
-        MessageOutcome::Rejected(r) => rejected_record(item, Some(m), r),
-        other => {
-            let mut rec = base_record(item, Some(m));
-            rec.outcome = other.label();
-            if let MessageOutcome::Applied { decisions } = other {
-                rec.decisions = decisions
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| decision_record(d, values.get(i)))
-                    .collect();
-            }
-            rec
-        }
-    };
-    rec.dry_run = dry_run;
-    rec
-}
-
-/// The totals line.
-#[derive(Debug, Default, Serialize)]
-struct Totals {
-    record: &'static str,
-    dry_run: bool,
-    messages: u64,
-    applied: u64,
-    duplicate: u64,
-    stale: u64,
-    rejected: u64,
-    /// Decisions per rule id.
-    rules: BTreeMap<String, u64>,
-    /// Decisions per rule and action (`R2:cleared`).
-    actions: BTreeMap<String, u64>,
-    /// Rejections per reason code.
-    reasons: BTreeMap<String, u64>,
-    /// Profiles per kind and change (`student:created`).
-    profiles: BTreeMap<String, u64>,
-}
-
-impl Totals {
-    fn count(&mut self, r: &Record) {
-        match r.outcome {
-            "applied" => self.applied += 1,
-            "duplicate" => self.duplicate += 1,
-            "stale" => self.stale += 1,
-            _ => self.rejected += 1,
-        }
-        if let Some(code) = r.reason_code {
-            *self.reasons.entry(code.to_owned()).or_default() += 1;
-        }
-        for d in &r.decisions {
-            *self.rules.entry(d.rule.to_owned()).or_default() += 1;
-            *self
-                .actions
-                .entry(format!("{}:{}", d.rule, d.action))
-                .or_default() += 1;
-        }
-    }
-}
-
-fn quoted(v: &Option<Value>) -> String {
-    match v {
-        Some(Value::String(s)) => format!("{s:?}"),
-        _ => "(blank)".to_owned(),
-    }
-}
-
-fn write_record(out: &mut impl Write, r: &Record, dry_run: bool) -> std::io::Result<()> {
-    let what = match (r.entity, &r.las_key) {
-        (Some("school"), _) => format!("school link {}", r.brin.as_deref().unwrap_or("?")),
-        (Some(e), Some(k)) => format!("{e} {k}"),
-        (Some(e), None) => e.to_owned(),
-        (None, _) => "message".to_owned(),
-    };
-    let mut context = Vec::new();
-    if r.entity != Some("school")
-        && let Some(b) = &r.brin
-    {
-        context.push(b.clone());
-    }
-    if let Some(v) = r.version {
-        context.push(format!("v{v}"));
-    }
-    if let Some(t) = r.message_type {
-        context.push(t.to_owned());
-    }
-    let context = if context.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", context.join(", "))
-    };
-    let outcome = match (r.outcome, dry_run) {
-        ("applied", true) => "would be applied".to_owned(),
-        ("applied", false) => "applied".to_owned(),
-        ("duplicate", _) => {
-            "duplicate (this message was applied before; nothing changes)".to_owned()
-        }
-        ("stale", _) => {
-            "stale (the portal has this or a newer version; nothing changes)".to_owned()
-        }
-        (_, _) => format!(
-            "rejected [{}] {}",
-            r.reason_code.unwrap_or("unknown"),
-            r.reason.as_deref().unwrap_or("")
-        ),
-    };
-    writeln!(out, "{}:{}: {what}{context}: {outcome}", r.file, r.line)?;
-    for d in &r.decisions {
-        let field = d.field.map(|f| format!(" {f}")).unwrap_or_default();
-        let values = match (d.change, &d.old, &d.new) {
-            (_, None, _) => String::new(),
-            ("kept" | "ignored" | "invalid_email", old, _) => format!(": {}", quoted(old)),
-            (_, old, new) => format!(": {} -> {}", quoted(old), quoted(new)),
-        };
-        writeln!(out, "    {} {}{field}{values}", d.rule, d.change)?;
-    }
-    Ok(())
-}
-
-fn rule_number(rule: &str) -> u32 {
-    rule.trim_start_matches('R').parse().unwrap_or(u32::MAX)
-}
-
-fn write_totals(out: &mut impl Write, t: &Totals) -> std::io::Result<()> {
-    if t.dry_run {
-        writeln!(
-            out,
-            "dry run: nothing was written (the transaction was rolled back)"
-        )?;
-    }
-    writeln!(
-        out,
-        "messages {}, applied {}, duplicate {}, stale {}, rejected {}",
-        t.messages, t.applied, t.duplicate, t.stale, t.rejected
-    )?;
-    let mut rules: Vec<(&String, &u64)> = t.rules.iter().collect();
-    rules.sort_by_key(|(r, _)| rule_number(r));
-    for (rule, n) in rules {
-        let actions: Vec<String> = t
-            .actions
-            .iter()
-            .filter_map(|(k, v)| {
-                let (r, a) = k.split_once(':')?;
-                (r == rule.as_str()).then(|| format!("{} {v}", change_label_str(a)))
-            })
-            .collect();
-        writeln!(out, "  {rule}: {n} ({})", actions.join(", "))?;
-    }
-    if !t.profiles.is_empty() {
-        let p: Vec<String> = t.profiles.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        writeln!(out, "profiles: {}", p.join(", "))?;
-    }
-    if !t.reasons.is_empty() {
-        let p: Vec<String> = t.reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        writeln!(out, "rejected by reason: {}", p.join(", "))?;
-    }
-    Ok(())
-}
-
-fn change_label_str(action: &str) -> &str {
-    match action {
-        "overwritten" => "changed",
-        other => other,
-    }
-}
-
-/// Progress on standard error: an in-place line on a terminal, otherwise a
-/// plain line every 10,000 messages or 5 seconds.
-struct Progress {
-    tty: bool,
-    started: Instant,
-    last: Instant,
-    last_count: u64,
-    shown: bool,
-}
-
-impl Progress {
-    fn new() -> Self {
-        let now = Instant::now();
-        Progress {
-            tty: std::io::stderr().is_terminal(),
-            started: now,
-            last: now,
-            last_count: 0,
-            shown: false,
-        }
-    }
-
-    fn line(t: &Totals, elapsed: Duration) -> String {
-        let rate = t.messages as f64 / elapsed.as_secs_f64().max(0.001);
-        format!(
-            "import: {} messages, {} applied, {} rejected ({rate:.0}/s)",
-            t.messages, t.applied, t.rejected
-        )
-    }
-
-    fn tick(&mut self, t: &Totals) {
-        let due = if self.tty {
-            self.last.elapsed() >= Duration::from_millis(200)
-        } else {
-            t.messages - self.last_count >= 10_000 || self.last.elapsed() >= Duration::from_secs(5)
-        };
-        if !due {
-            return;
-        }
-        let line = Self::line(t, self.started.elapsed());
-        if self.tty {
-            eprint!("\r\x1b[2K{line}");
-        } else {
-            eprintln!("{line}");
-        }
-        self.last = Instant::now();
-        self.last_count = t.messages;
-        self.shown = true;
-    }
-
-    fn finish(&mut self, t: &Totals) {
-        if self.shown {
-            let line = Self::line(t, self.started.elapsed());
-            if self.tty {
-                eprintln!("\r\x1b[2K{line}");
-            } else {
-                eprintln!("{line}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]
