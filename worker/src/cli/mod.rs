@@ -6,21 +6,23 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
 use crate::adapters::telemetry::LogFormat;
-use crate::app::clock::local_today;
 use crate::app::runtime::{self, open_store};
 use crate::app::settings::{BrokerArgs, RunArgs, SecretUrl};
-use crate::domain::model::ProfileKind;
 
 pub mod dlq;
 pub mod explain;
+pub mod groups;
 pub mod import;
+pub mod profiles;
 pub mod publish;
 pub mod school;
+pub mod snapshot;
+pub mod suggestions;
+pub mod tick;
 
 /// How a command prints its result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -246,136 +248,31 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             info!(database = %db, "migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show(args) => {
-            let store = open_store(db, 1, false).await?;
-            let Some(kind) = ProfileKind::parse(&args.kind) else {
-                bail!("unknown kind {}", args.kind)
-            };
-            match store.show_profile(&args.brin, kind, &args.las_key).await? {
-                Some(view) => {
-                    println!("{}", serde_json::to_string_pretty(&view)?);
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => Ok(ExitCode::from(1)),
-            }
-        }
+        Command::Show(args) => profiles::show(db, &args).await,
+        Command::Summary => profiles::summary(db).await,
         Command::Publish(args) => publish::run(args).await,
-        Command::Tick(args) => {
-            let store = open_store(db, 1, false).await?;
-            let today = args.date.unwrap_or_else(local_today);
-            let report = store.run_daily(today, true).await?;
-            println!("{}", serde_json::to_string(&report)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Groups(GroupsCommand::Leftovers { brin }) => {
-            let store = open_store(db, 1, false).await?;
-            for l in store.leftovers(&brin).await? {
-                println!("{}", serde_json::to_string(&l)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::School(SchoolCommand::Recipients { brin }) => {
-            let store = open_store(db, 1, false).await?;
-            match store.recipients(&brin).await? {
-                Some(users) => {
-                    for u in users {
-                        println!("{}", serde_json::to_string(&u)?);
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!("no school with BRIN {brin}");
-                    Ok(ExitCode::from(1))
-                }
-            }
-        }
-        Command::Suggestions(SuggestionsCommand::List { brin, status }) => {
-            let store = open_store(db, 1, false).await?;
-            for s in store.suggestions(&brin, status.as_deref()).await? {
-                println!("{}", serde_json::to_string(&s)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Suggestions(SuggestionsCommand::Discard { id, reason }) => {
-            let store = open_store(db, 1, false).await?;
-            if store.discard_suggestion(id, &reason).await? {
-                println!("suggestion {id} discarded");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("no open suggestion with id {id}");
-                Ok(ExitCode::from(1))
-            }
-        }
-        Command::Snapshot(SnapshotCommand::List { brin }) => {
-            let store = open_store(db, 1, false).await?;
-            for s in store.snapshots(&brin).await? {
-                println!("{}", serde_json::to_string(&s)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Snapshot(
-            cmd @ (SnapshotCommand::Release { .. } | SnapshotCommand::Discard { .. }),
-        ) => {
-            let (brin, release) = match cmd {
-                SnapshotCommand::Release { brin } => (brin, true),
-                SnapshotCommand::Discard { brin } | SnapshotCommand::List { brin } => (brin, false),
-            };
-            let store = open_store(db, 1, false).await?;
-            match store.resolve_held_snapshot(&brin, release).await? {
-                Some((id, n, _)) if release => {
-                    info!(brin = %brin, snapshot_id = %id, deactivated = n, "held snapshot released by an operator");
-                    println!("snapshot {id} released: {n} profile(s) deactivated");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some((id, _, _)) => {
-                    info!(brin = %brin, snapshot_id = %id, "held snapshot discarded by an operator");
-                    println!("snapshot {id} discarded: nothing deactivated");
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!("BRIN {brin} has no held snapshot");
-                    Ok(ExitCode::from(1))
-                }
-            }
-        }
-        Command::Summary => {
-            let store = open_store(db, 1, false).await?;
-            println!(
-                "{:<6} {:<9} {:<12} {:>6}",
-                "brin", "kind", "status", "count"
-            );
-            for (brin, kind, status, n) in store.summary().await? {
-                println!("{brin:<6} {kind:<9} {status:<12} {n:>6}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Tick(args) => tick::run(db, &args).await,
+        Command::Groups(GroupsCommand::Leftovers { brin }) => groups::leftovers(db, &brin).await,
+        Command::School(cmd) => school::run(db, cmd).await,
+        Command::Suggestions(cmd) => suggestions::run(db, cmd).await,
+        Command::Snapshot(cmd) => snapshot::run(db, cmd).await,
         Command::Import(args) => {
             // A dry run writes nothing, not even a database or its schema.
             let store = open_store(db, 2, !args.dry_run).await?;
             if !args.dry_run {
                 store.migrate().await?;
             }
-            crate::cli::import::run(&store, &args).await
+            import::run(&store, &args).await
         }
         Command::Explain(args) => {
             let store = open_store(db, 1, false).await?;
-            crate::cli::explain::run(store.pool(), &args).await
+            explain::run(store.pool(), &args).await
         }
         Command::Journal(cmd) => {
             let store = open_store(db, 1, false).await?;
-            crate::cli::explain::journal(store.pool(), &cmd).await
+            explain::journal(store.pool(), &cmd).await
         }
-        Command::Dlq(cmd) => crate::cli::dlq::run(&cmd).await,
-        Command::School(SchoolCommand::Configure(args)) => {
-            let store = open_store(db, 1, true).await?;
-            store.migrate().await?;
-            let today = local_today();
-            crate::cli::school::configure(&store, &args, today).await
-        }
-        Command::School(SchoolCommand::Show { brin }) => {
-            let store = open_store(db, 1, false).await?;
-            crate::cli::school::show(&store, &brin).await
-        }
+        Command::Dlq(cmd) => dlq::run(&cmd).await,
     }
 }
 

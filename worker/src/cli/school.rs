@@ -3,7 +3,11 @@
 
 use std::process::ExitCode;
 
+use super::SchoolCommand;
 use crate::adapters::db::{SchoolView, Store};
+use crate::app::clock::local_today;
+use crate::app::runtime::open_store;
+use crate::app::settings::SecretUrl;
 use crate::domain::message::{self, Inbound};
 use crate::domain::outcome::MessageOutcome;
 use clap::Args;
@@ -54,6 +58,40 @@ pub struct ConfigureArgs {
     /// R12: days after deactivation before personal data is purged (default 365).
     #[arg(long)]
     pub retention_days: Option<u32>,
+}
+
+/// `las-worker school ...`.
+pub async fn run(db: &SecretUrl, cmd: SchoolCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SchoolCommand::Recipients { brin } => recipients(db, &brin).await,
+        SchoolCommand::Configure(args) => {
+            let store = open_store(db, 1, true).await?;
+            store.migrate().await?;
+            configure(&store, &args, local_today()).await
+        }
+        SchoolCommand::Show { brin } => {
+            let store = open_store(db, 1, false).await?;
+            show(&store, &brin).await
+        }
+    }
+}
+
+/// `school recipients`: who receives suggestion e-mails (R10), JSON lines;
+/// exit code 1 when the school is not linked.
+async fn recipients(db: &SecretUrl, brin: &str) -> anyhow::Result<ExitCode> {
+    let store = open_store(db, 1, false).await?;
+    match store.recipients(brin).await? {
+        Some(users) => {
+            for u in users {
+                println!("{}", serde_json::to_string(&u)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("no school with BRIN {brin}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// `school show`: the settings as JSON; exit code 1 and no output when the
