@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::migrate::MigrateDatabase;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -33,13 +32,10 @@ pub async fn open_store(
     create: bool,
 ) -> anyhow::Result<Store> {
     if create
-        && !sqlx::Postgres::database_exists(url.expose())
+        && Store::create_database_if_missing(url.expose())
             .await
-            .unwrap_or(true)
+            .with_context(|| format!("creating database {url}"))?
     {
-        sqlx::Postgres::create_database(url.expose())
-            .await
-            .with_context(|| format!("creating database {url}"))?;
         info!(database = %url, "database created");
     }
     Store::connect(url.expose(), max_connections)

@@ -59,6 +59,17 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// Creates the database of `url` when it does not exist yet; returns
+    /// whether it did. A server that cannot tell is left alone.
+    pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
+        use sqlx::migrate::MigrateDatabase;
+        if sqlx::Postgres::database_exists(url).await.unwrap_or(true) {
+            return Ok(false);
+        }
+        sqlx::Postgres::create_database(url).await?;
+        Ok(true)
+    }
+
     pub fn from_pool(pool: PgPool) -> Self {
         Store { pool }
     }

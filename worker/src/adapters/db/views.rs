@@ -199,14 +199,13 @@ pub async fn current_contacts(
     conn: &mut sqlx::PgConnection,
     keys: &[(String, ProfileKind, String)],
 ) -> Result<HashMap<(String, ProfileKind, String), Contact>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT s.brin, p.kind, p.las_key, p.first_name, p.name_prefix, p.last_name, p.birth_date,
-                p.street, p.postcode, p.city, p.phone, p.mobile, p.emergency_phone, p.email
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT s.brin, p.kind, p.las_key, {CONTACT_COLUMNS}
          FROM profiles p JOIN schools s ON s.id = p.school_id
          JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS t(b, k, l)
            ON s.brin = t.b AND p.kind = t.k AND p.las_key = t.l
-         WHERE p.status <> 'pending'",
-    )
+         WHERE p.status <> 'pending'"
+    )))
     .bind(keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
