@@ -179,3 +179,31 @@ impl Journal {
         self.decisions.push(codes);
     }
 }
+
+/// What the daily job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DailyReport {
+    /// False when another replica holds the job or it already ran today.
+    pub ran: bool,
+    pub date: Option<chrono::NaiveDate>,
+    pub placed_in_intake: u64,
+    pub promoted: u64,
+    pub stays_in_intake: u64,
+    pub still_held: u64,
+    /// R12: profiles whose personal data was purged after the retention period.
+    pub purged: u64,
+}
+
+impl DailyReport {
+    /// Counts one student's R9 decision of the day.
+    pub fn count(&mut self, decision: Option<&Decision>) {
+        use crate::domain::model::Action;
+        match decision.map(|d| d.action) {
+            Some(Action::PlacedInIntake) => self.placed_in_intake += 1,
+            Some(Action::Promoted) => self.promoted += 1,
+            Some(Action::StaysInIntake) => self.stays_in_intake += 1,
+            Some(Action::HeldBack) => self.still_held += 1,
+            _ => {}
+        }
+    }
+}

@@ -9,21 +9,8 @@ use uuid::Uuid;
 
 use super::*;
 use crate::domain::outcome::BatchEffects;
+pub use crate::domain::outcome::DailyReport;
 use crate::domain::rules::{self, ProfileKind, Status};
-
-/// What the daily job did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DailyReport {
-    /// False when another replica holds the job or it already ran today.
-    pub ran: bool,
-    pub date: Option<NaiveDate>,
-    pub placed_in_intake: u64,
-    pub promoted: u64,
-    pub stays_in_intake: u64,
-    pub still_held: u64,
-    /// R12: profiles whose personal data was purged after the retention period.
-    pub purged: u64,
-}
 
 /// Advisory lock key of the daily job ("lasdaily").
 pub(super) const DAILY_LOCK: i64 = 0x6c61_7364_6169_6c79;
@@ -85,36 +72,23 @@ impl Store {
                 Status::parse(&row.try_get::<String, _>("status")?).unwrap_or(Status::Held);
             let in_intake: bool = row.try_get("in_intake")?;
             let las_groups: Vec<String> = row.try_get("las_group_keys")?;
-            let (placement, decision) = rules::place_student(
+            let step = rules::daily_step(
+                status,
+                in_intake,
                 row.try_get("birth_date")?,
                 &las_groups,
-                in_intake,
                 &settings,
                 today,
             );
-            match decision.map(|d| d.action) {
-                Some(rules::Action::PlacedInIntake) => report.placed_in_intake += 1,
-                Some(rules::Action::Promoted) => report.promoted += 1,
-                Some(rules::Action::StaysInIntake) => report.stays_in_intake += 1,
-                Some(rules::Action::HeldBack) => report.still_held += 1,
-                _ => {}
-            }
-            if placement.status == status && placement.in_intake == in_intake {
+            report.count(step.decision.as_ref());
+            if !step.changed {
                 continue;
             }
+            let placement = step.placement;
             let school_id: i64 = row.try_get("school_id")?;
             let key: String = row.try_get("las_key")?;
             let brin: String = row.try_get("brin")?;
-            let event = match (status, placement.status, in_intake, placement.in_intake) {
-                (Status::Held, Status::Active, _, _) => {
-                    Some(las_contracts::SyncEventType::ProfileCreated)
-                }
-                (Status::Active, Status::Active, true, false) => {
-                    Some(las_contracts::SyncEventType::ProfileMovedFromIntake)
-                }
-                _ => None,
-            };
-            if let Some(ty) = event {
+            if let Some(ty) = step.event {
                 effects
                     .events
                     .push(ty, &brin, None, Some("student"), Some(&key), vec![], None);

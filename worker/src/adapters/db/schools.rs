@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use las_contracts::{LasSystem, PortalLinkV1, RejectReason};
+use las_contracts::{LasSystem, PortalLinkV1};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::*;
@@ -111,22 +111,9 @@ pub(super) async fn apply_link(
             }
             None => vec![],
         };
-        let missing: Vec<String> = ids
-            .iter()
-            .filter(|i| !found.contains(i))
-            .map(|i| i.to_string())
-            .collect();
-        if !missing.is_empty() {
+        if let Err(r) = rules::check_group_mapping(&link.brin, &ids, &found) {
             return Ok(MessageOutcome::Rejected(
-                Rejection::new(
-                    RejectReason::ValidationFailed,
-                    format!(
-                        "group_mapping names portal group(s) {} that do not exist in the portal of BRIN {}; correct the mapping and send the link again (R7)",
-                        missing.join(", "),
-                        link.brin
-                    ),
-                )
-                .with_message_id(link.message_id),
+                Rejection::new(r.reason, r.text).with_message_id(link.message_id),
             ));
         }
     }

@@ -86,23 +86,16 @@ pub(super) async fn complete_snapshot(
             .fetch_one(&mut **tx)
             .await?;
     if status != "open" {
-        return Ok(if status == "held" {
-            rules::Action::SnapshotHeld
-        } else {
-            rules::Action::SnapshotApplied
-        });
+        return Ok(rules::already_completed(&status));
     }
     let (active, missing) = snapshot_counts(tx, school.id, sn.snapshot_id).await?;
-    let held = if arrived as u64 != sn.records_sent {
-        Some(format!(
-            "count mismatch: the connector sent {} records, {} arrived",
-            sn.records_sent, arrived
-        ))
-    } else {
-        rules::snapshot_guard(active as u64, missing as u64, school.settings.snapshot_guard_percent)
-            .err()
-            .map(|limit| format!("deletion guard: the snapshot would deactivate {missing} of {active} active profiles; at most {limit} may go ({}%, at least {})", school.settings.snapshot_guard_percent, rules::SNAPSHOT_GUARD_MINIMUM))
-    };
+    let held = rules::held_reason(
+        sn.records_sent,
+        arrived as u64,
+        active as u64,
+        missing as u64,
+        school.settings.snapshot_guard_percent,
+    );
     sqlx::query("UPDATE snapshots SET records_sent = $2, would_deactivate = $3, completed_at = now() WHERE id = $1")
         .bind(sn.snapshot_id)
         .bind(sn.records_sent as i64)

@@ -3,13 +3,12 @@
 
 use las_contracts::RejectReason;
 use sqlx::{Postgres, Row, Transaction};
-use uuid::Uuid;
 
 use super::*;
 use crate::domain::message::Rejection;
 use crate::domain::outcome::{BatchEffects, MessageOutcome};
+use crate::domain::rules::Contact;
 use crate::domain::rules::suggestions::PortalUser;
-use crate::domain::rules::{self, Contact, Decision};
 
 /// R10: a parent's edit becomes a suggestion, with one outbox e-mail per
 /// recipient, in the transaction that consumes the message.
@@ -87,11 +86,7 @@ pub(super) async fn apply_parent_edit(
     let plan = crate::domain::rules::suggestions::plan(settings.system, &contact, &edit.changes);
     if plan.changes.is_empty() {
         return Ok(MessageOutcome::Applied {
-            decisions: vec![Decision {
-                rule: rules::Rule::R10,
-                action: rules::Action::NotASuggestion,
-                field: None,
-            }],
+            decisions: plan.decisions(),
         });
     }
     let students: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
@@ -164,7 +159,7 @@ pub(super) async fn apply_parent_edit(
     for r in &recipients {
         let mail = crate::domain::rules::suggestions::render(&ctx, &r.display_name);
         // Deterministic: the same suggestion and recipient always give the same key.
-        let key = Uuid::new_v5(&edit.message_id, &r.id.to_be_bytes());
+        let key = crate::domain::rules::suggestions::email_key(edit.message_id, r.id);
         sqlx::query(
             "INSERT INTO email_outbox (school_id, suggestion_id, recipient_user_id, to_address, subject, body_text, body_html, idempotency_key)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING",
@@ -186,23 +181,9 @@ pub(super) async fn apply_parent_edit(
         effects.suggestions_without_recipients += 1;
         tracing::warn!(brin = %edit.brin, suggestion_id, "school has no recipients for suggestions (no link administrator, nobody with the notify-contact-changes right); the suggestion is kept");
     }
-    let mut decisions: Vec<Decision> = plan
-        .changes
-        .iter()
-        .map(|c| Decision {
-            rule: rules::Rule::R10,
-            action: rules::Action::SuggestionOpened,
-            field: Some(c.field),
-        })
-        .collect();
-    if !plan.ignored.is_empty() {
-        decisions.push(Decision {
-            rule: rules::Rule::R10,
-            action: rules::Action::NotASuggestion,
-            field: None,
-        });
-    }
-    Ok(MessageOutcome::Applied { decisions })
+    Ok(MessageOutcome::Applied {
+        decisions: plan.decisions(),
+    })
 }
 
 pub(super) async fn school_users<'e, E: sqlx::PgExecutor<'e>>(

@@ -68,6 +68,28 @@ pub fn plan_group(
     Ok((shape, Decision::new(Rule::R7, action, None)))
 }
 
+/// R7 first run: the group mapping of a link must name portal groups of
+/// this school (`found`: the mapped ids the portal has). A mapping naming
+/// others is refused as a whole, so a school corrects it and sends it again.
+pub fn check_group_mapping(brin: &str, mapped: &[i64], found: &[i64]) -> Result<(), SourceRefusal> {
+    let missing: Vec<String> = mapped
+        .iter()
+        .filter(|i| !found.contains(i))
+        .map(|i| i.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(refuse(
+        las_contracts::RejectReason::ValidationFailed,
+        format!(
+            "group_mapping names portal group(s) {} that do not exist in the portal of BRIN {}; correct the mapping and send the link again (R7)",
+            missing.join(", "),
+            brin
+        ),
+    ))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -128,5 +150,19 @@ mod tests {
             GroupShape::Composite
         );
         assert!(plan_group(&group(Year, &[]), &e).is_err());
+    }
+
+    #[test]
+    fn r7_a_first_run_mapping_must_name_the_schools_own_portal_groups() {
+        assert!(check_group_mapping("12AB", &[1, 2], &[2, 1]).is_ok());
+        assert!(check_group_mapping("12AB", &[], &[]).is_ok());
+        let r = check_group_mapping("12AB", &[1, 7, 9], &[1]).unwrap_err();
+        assert_eq!(r.reason, las_contracts::RejectReason::ValidationFailed);
+        assert!(r.text.contains("portal group(s) 7, 9"), "{}", r.text);
+        assert!(
+            r.text.contains("BRIN 12AB") && r.text.contains("(R7)"),
+            "{}",
+            r.text
+        );
     }
 }

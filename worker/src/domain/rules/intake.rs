@@ -83,6 +83,46 @@ pub fn place_student(
     }
 }
 
+/// What the daily job does with one held or intake student (R9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyStep {
+    /// Where the child belongs today.
+    pub placement: Placement,
+    /// The R9 decision of the day, for the job's counts.
+    pub decision: Option<Decision>,
+    /// Whether status or intake membership changes (else nothing is written).
+    pub changed: bool,
+    /// The sync event: `profile.created` when a held child becomes visible,
+    /// `profile.moved_from_intake` on the 4th birthday.
+    pub event: Option<las_contracts::SyncEventType>,
+}
+
+/// R9, daily: places a held or intake student for `today`.
+pub fn daily_step(
+    status: Status,
+    in_intake: bool,
+    birth: Option<NaiveDate>,
+    las_groups: &[String],
+    school: &SchoolSettings,
+    today: NaiveDate,
+) -> DailyStep {
+    use las_contracts::SyncEventType as E;
+    let (placement, decision) = place_student(birth, las_groups, in_intake, school, today);
+    let changed = placement.status != status || placement.in_intake != in_intake;
+    let event = match (status, placement.status, in_intake, placement.in_intake) {
+        _ if !changed => None,
+        (Status::Held, Status::Active, _, _) => Some(E::ProfileCreated),
+        (Status::Active, Status::Active, true, false) => Some(E::ProfileMovedFromIntake),
+        _ => None,
+    };
+    DailyStep {
+        placement,
+        decision,
+        changed,
+        event,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -188,5 +228,71 @@ mod tests {
         assert_eq!(a.group_keys, Some(vec![]));
         assert_eq!(a.profile.las_group_keys, groups(&["G12"]));
         assert!(has(&a, Rule::R9, Action::HeldBack, None));
+    }
+
+    #[test]
+    fn r9_daily_a_held_child_enters_intake_n_weeks_before_the_4th_birthday_and_becomes_visible() {
+        let birth = d(2023, 3, 1);
+        let school = intake_school(Some(6));
+        let before = daily_step(
+            Status::Held,
+            false,
+            Some(birth),
+            &groups(&["G1"]),
+            &school,
+            d(2027, 1, 17),
+        );
+        assert!(!before.changed, "more than 6 weeks ahead: still held");
+        assert_eq!(before.decision.map(|d| d.action), Some(Action::HeldBack));
+        let step = daily_step(
+            Status::Held,
+            false,
+            Some(birth),
+            &groups(&["G1"]),
+            &school,
+            d(2027, 1, 18),
+        );
+        assert!(step.changed && step.placement.in_intake);
+        assert_eq!(
+            step.event,
+            Some(las_contracts::SyncEventType::ProfileCreated)
+        );
+        assert_eq!(
+            step.decision.map(|d| d.action),
+            Some(Action::PlacedInIntake)
+        );
+    }
+
+    #[test]
+    fn r9_daily_on_the_4th_birthday_the_child_moves_to_its_group() {
+        let birth = d(2023, 3, 1);
+        let school = intake_school(Some(6));
+        let step = daily_step(
+            Status::Active,
+            true,
+            Some(birth),
+            &groups(&["G1"]),
+            &school,
+            d(2027, 3, 1),
+        );
+        assert!(step.changed && !step.placement.in_intake);
+        assert_eq!(step.placement.groups, groups(&["G1"]));
+        assert_eq!(
+            step.event,
+            Some(las_contracts::SyncEventType::ProfileMovedFromIntake)
+        );
+        assert_eq!(step.decision.map(|d| d.action), Some(Action::Promoted));
+        let stays = daily_step(
+            Status::Active,
+            true,
+            Some(birth),
+            &[],
+            &school,
+            d(2027, 3, 1),
+        );
+        assert!(
+            !stays.changed && stays.event.is_none(),
+            "no LAS group yet: stays in intake"
+        );
     }
 }

@@ -25,6 +25,37 @@ pub struct Plan {
     pub ignored: Vec<String>,
 }
 
+impl Plan {
+    /// The decisions R10 records for an edit: one `suggestion_opened` per
+    /// field, and `not_a_suggestion` when some proposals (or all) were not.
+    pub fn decisions(&self) -> Vec<rules::Decision> {
+        let mut decisions: Vec<rules::Decision> = self
+            .changes
+            .iter()
+            .map(|c| rules::Decision {
+                rule: rules::Rule::R10,
+                action: rules::Action::SuggestionOpened,
+                field: Some(c.field),
+            })
+            .collect();
+        if self.changes.is_empty() || !self.ignored.is_empty() {
+            decisions.push(rules::Decision {
+                rule: rules::Rule::R10,
+                action: rules::Action::NotASuggestion,
+                field: None,
+            });
+        }
+        decisions
+    }
+}
+
+/// The idempotency key of a suggestion e-mail: the same edit and recipient
+/// always give the same key, so a redelivered edit never mails twice and the
+/// e-mail API can deduplicate a retried send.
+pub fn email_key(edit_message_id: uuid::Uuid, recipient_user_id: i64) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&edit_message_id, &recipient_user_id.to_be_bytes())
+}
+
 impl Field {
     /// A contract field name.
     pub fn parse(name: &str) -> Option<Field> {
@@ -398,5 +429,36 @@ mod tests {
     fn full_name_skips_blanks() {
         assert_eq!(full_name(&contact()), "Anna van Dijk");
         assert_eq!(full_name(&Contact::default()), "");
+    }
+
+    #[test]
+    fn r10_each_suggested_field_is_a_decision_and_the_rest_is_said_once() {
+        let plan = Plan {
+            changes: vec![FieldChange {
+                field: Field::Phone,
+                current: Some("1".into()),
+                proposed: Some("2".into()),
+            }],
+            ignored: vec!["allergies".into()],
+        };
+        let codes: Vec<String> = plan.decisions().iter().map(|d| d.code()).collect();
+        assert_eq!(
+            codes,
+            vec!["R10:suggestion_opened:phone", "R10:not_a_suggestion"]
+        );
+        let none = Plan {
+            changes: vec![],
+            ignored: vec![],
+        };
+        let codes: Vec<String> = none.decisions().iter().map(|d| d.code()).collect();
+        assert_eq!(codes, vec!["R10:not_a_suggestion"]);
+    }
+
+    #[test]
+    fn r10_the_same_edit_and_recipient_always_have_the_same_email_key() {
+        let edit = uuid::Uuid::from_u128(42);
+        assert_eq!(email_key(edit, 7), email_key(edit, 7));
+        assert_ne!(email_key(edit, 7), email_key(edit, 8));
+        assert_ne!(email_key(edit, 7), email_key(uuid::Uuid::from_u128(43), 7));
     }
 }
