@@ -347,7 +347,9 @@ pub struct Removed {
 /// The school year rolled over (R11).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SchoolYear {
-    /// E.g. `2026-2027`.
+    /// Two consecutive years, e.g. `2026-2027`. The worker dead-letters
+    /// another spelling (`validation_failed`) and counts a year that is not
+    /// newer than the last one applied to the school as stale (R11).
     pub school_year: String,
 }
 

@@ -414,3 +414,317 @@ async fn r12_no_personal_data_in_logs_metrics_or_events() {
         );
     }
 }
+
+/// Issue #18: a replayed older year, or the same year in another spelling,
+/// must not unlink what the school republished, nor delete the current
+/// year's records; and the intake group's items are group-bound too.
+#[tokio::test(flavor = "multi_thread")]
+async fn r11_an_older_or_misspelled_rollover_unlinks_nothing_and_deletes_nothing() {
+    let env = TestEnv::start().await;
+    env.link(parnassys_link("11AA", "env-a")).await;
+    env.publish(&[change(
+        "11AA",
+        parnassys("env-a"),
+        1,
+        json!({"type": "group.upserted", "las_key": "G3", "name": "Groep 3", "kind": "year"}),
+    )])
+    .await;
+    env.wait_handled(2).await;
+    // The school's intake group, with an item of its own.
+    sqlx::query(
+        "INSERT INTO portal_groups (school_id, las_key, name, group_type, status)
+         SELECT id, '@intake', 'Instroomgroep', 'intake', 'active' FROM schools WHERE brin = '11AA'",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO group_items (school_id, group_id, item_type, title)
+         SELECT g.school_id, g.id, 'news', g.las_key FROM portal_groups g JOIN schools s ON s.id = g.school_id
+         WHERE s.brin = '11AA' AND g.las_key IN ('G3', '@intake')",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    for table in [
+        "absence_reports",
+        "leave_requests",
+        "after_school_care_registrations",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (school_id, student_key, school_year) SELECT id, 'S1', y FROM schools, unnest(ARRAY['2025-2026', '2026-2027']) y WHERE brin = '11AA'"
+        )))
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    let rollover = |year: &str| {
+        change(
+            "11AA",
+            parnassys("env-a"),
+            1,
+            json!({"type": "school_year.rolled_over", "school_year": year}),
+        )
+    };
+    env.publish(&[rollover("2026-2027")]).await;
+    env.wait_handled(3).await;
+    let linked = || {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT i.title FROM group_items i JOIN schools s ON s.id = i.school_id
+                 WHERE s.brin = '11AA' AND i.group_id IS NOT NULL ORDER BY 1",
+            )
+            .fetch_all(&db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        linked().await,
+        Vec::<String>::new(),
+        "R11: the year group's and the intake group's items are unlinked"
+    );
+    // The school republishes both items for the new year.
+    sqlx::query("UPDATE group_items SET group_id = unlinked_from_group_id")
+        .execute(&env.db)
+        .await
+        .unwrap();
+
+    // A replayed older year is stale, another spelling is refused.
+    env.publish(&[rollover("2025-2026"), rollover("2026/2027")])
+        .await;
+    let counts = env.wait_handled(5).await;
+    assert_eq!(counts.get("stale"), Some(&1), "the older year: {counts:?}");
+    assert_eq!(counts.get("rejected"), Some(&1), "2026/2027: {counts:?}");
+    let dead = env.wait_dead_letters(1).await;
+    assert_eq!(dead[0].0["x-las-reason-code"], "validation_failed");
+    assert!(
+        dead[0].0["x-las-reason"].contains("two consecutive years"),
+        "{:?}",
+        dead[0].0
+    );
+    assert_eq!(
+        linked().await,
+        vec!["@intake".to_owned(), "G3".to_owned()],
+        "republished items stay linked"
+    );
+    for table in [
+        "absence_reports",
+        "leave_requests",
+        "after_school_care_registrations",
+    ] {
+        let years: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT school_year FROM {table} ORDER BY 1"
+        )))
+        .fetch_all(&env.db)
+        .await
+        .unwrap();
+        assert_eq!(
+            years,
+            vec!["2026-2027"],
+            "{table}: the current year is kept"
+        );
+    }
+}
+
+/// Issue #18: the purge clears the portal-only data too and the e-mails that
+/// name the child; a late older record does not bring data back; a child
+/// re-enrolled and removed again is purged again after its new term.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_the_purge_is_complete_final_and_repeatable() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    env.link(json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "system": "parnassys", "environment_id": P, "retention_days": 30})).await;
+    let kind = |key: &str, v: u64| {
+        change(
+            "12AB",
+            parnassys(P),
+            v,
+            json!({"type": "student.upserted", "las_key": key, "first_name": "Vertrokken", "last_name": "Kind", "birth_date": "2018-05-05", "group_keys": ["G3"]}),
+        )
+    };
+    env.publish(&[
+        kind("S1", 1),
+        kind("S2", 1),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "Ouder", "email": "ouder@example.org", "student_keys": ["S1", "S2"]})),
+    ])
+    .await;
+    env.wait_handled(4).await;
+    // Portal-only data of the child, and a suggestion e-mail of its
+    // (still active) guardian that names it.
+    sqlx::query("UPDATE profiles SET allergies = 'pinda', general_practitioner = 'Dr. Huisarts' WHERE las_key = 'S1'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH s AS (
+             INSERT INTO suggestions (school_id, message_id, guardian_profile_id, edited_at)
+             SELECT school_id, gen_random_uuid(), id, now() FROM profiles WHERE las_key = 'G1' RETURNING id, school_id)
+         INSERT INTO email_outbox (school_id, suggestion_id, to_address, subject, body_text, body_html, idempotency_key, status, next_attempt_at)
+         SELECT school_id, id, 'juf@school.example', 'Wijziging van Ouder', 'Ouder van Vertrokken Kind', '<p>Vertrokken Kind</p>', gen_random_uuid(), st, now() + interval '1 day'
+         FROM s, unnest(ARRAY['sent', 'pending']) st",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    env.publish(&[change(
+        "12AB",
+        parnassys(P),
+        2,
+        json!({"type": "student.removed", "las_key": "S1"}),
+    )])
+    .await;
+    env.wait_handled(5).await;
+    let age = |days_ago: &str| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE profiles SET deactivated_at = now() - interval '{days_ago} days' WHERE las_key = 'S1'"
+        )))
+    };
+    age("40").execute(&env.db).await.unwrap();
+    let (code, out) = env.cli(&["tick"]);
+    assert_eq!(code, 0, "{out}");
+    let state: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT las_key, status, deactivated_at::text, purged_at::text FROM profiles ORDER BY las_key",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    assert!(out.contains("\"purged\":1"), "{out} {state:?}");
+
+    let personal = || {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_as::<_, (Option<String>, Option<String>, Option<String>, Option<chrono::NaiveDate>)>(
+                "SELECT first_name, allergies, general_practitioner, birth_date FROM profiles WHERE las_key = 'S1'",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        personal().await,
+        (None, None, None, None),
+        "complete: portal-only data too"
+    );
+    let mails: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "SELECT to_address, subject, body_text, body_html, status FROM email_outbox ORDER BY id",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    assert!(
+        !format!("{mails:?}").contains("Vertrokken") && !format!("{mails:?}").contains("Ouder"),
+        "the e-mails that named the child keep no names: {mails:?}"
+    );
+    let status: Vec<&str> = mails.iter().map(|m| m.4.as_str()).collect();
+    assert_eq!(
+        status,
+        vec!["sent", "cancelled"],
+        "the sent one keeps its status for the audit; the unsent one is not sent any more"
+    );
+
+    // Final: a late upsert older than the removal writes nothing back.
+    env.publish(&[kind("S1", 1)]).await;
+    let counts = env.wait_handled(6).await;
+    assert_eq!(counts.get("stale"), Some(&1), "{counts:?}");
+    assert_eq!(personal().await, (None, None, None, None), "still purged");
+
+    // Repeatable: re-enrolled (newer than the removal), removed again, and
+    // purged again once the new term has passed. The first purge was long
+    // ago by then.
+    sqlx::query("UPDATE profiles SET purged_at = now() - interval '60 days' WHERE las_key = 'S1'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    env.publish(&[kind("S1", 3)]).await;
+    env.wait_handled(7).await;
+    assert_eq!(
+        personal().await.0.as_deref(),
+        Some("Vertrokken"),
+        "re-enrolled"
+    );
+    env.publish(&[change(
+        "12AB",
+        parnassys(P),
+        4,
+        json!({"type": "student.removed", "las_key": "S1"}),
+    )])
+    .await;
+    env.wait_handled(8).await;
+    let (_, out) = env.cli(&["tick"]);
+    assert!(
+        out.contains("\"purged\":0"),
+        "the new term has not passed: {out}"
+    );
+    age("40").execute(&env.db).await.unwrap();
+    let (_, out) = env.cli(&["tick"]);
+    assert!(out.contains("\"purged\":1"), "{out}");
+    assert_eq!(personal().await, (None, None, None, None), "purged again");
+}
+
+/// Issue #18: other services learn of a person when the portal shows it. A
+/// guardian whose only child is held (under 4, a school without intake) is
+/// invisible in the portal: none of its messages may announce it; the child's
+/// 4th birthday does, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn r9_a_guardian_of_only_held_children_is_announced_when_it_becomes_visible() {
+    let env = TestEnv::start_with(&[("EVENTS_PUBLISH", "false"), ("DAILY_JOB", "false")]).await;
+    env.link(parnassys_link("12AB", P)).await;
+    let guardian = |v: u64, phone: &str| {
+        change(
+            "12AB",
+            parnassys(P),
+            v,
+            json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "Ouder", "phone": phone, "student_keys": ["S1"]}),
+        )
+    };
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Klein", "birth_date": "2024-01-10", "group_keys": ["G1A"]})),
+        guardian(1, "0611"),
+    ])
+    .await;
+    env.wait_handled(3).await;
+    env.publish(&[guardian(2, "0622")]).await;
+    env.wait_handled(4).await;
+    assert_eq!(
+        env.show("12AB", "guardian", "G1").unwrap()["status"],
+        "held"
+    );
+    let events_of = |key: &'static str| {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT payload ->> 'event_type' FROM event_outbox_events
+                 WHERE payload ->> 'las_key' = $1 ORDER BY outbox_id, position",
+            )
+            .bind(key)
+            .fetch_all(&db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        events_of("G1").await,
+        Vec::<String>::new(),
+        "a held guardian is not announced"
+    );
+    assert_eq!(
+        events_of("S1").await,
+        Vec::<String>::new(),
+        "nor its held child"
+    );
+
+    let (code, out) = env.cli(&["tick", "--date", "2028-01-10"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        env.show("12AB", "guardian", "G1").unwrap()["status"],
+        "active"
+    );
+    assert_eq!(
+        events_of("G1").await,
+        vec!["profile.created"],
+        "announced once, when visible"
+    );
+    assert_eq!(events_of("S1").await, vec!["profile.created"]);
+}

@@ -353,6 +353,49 @@ pub fn guardian_transition(
     (label, event)
 }
 
+/// What the batch says about a guardian (its change and sync events), held
+/// back until R9/R12 have retargeted its status from its students.
+#[derive(Debug, Default)]
+pub struct PendingGuardian {
+    pub id: i64,
+    pub change: Option<ProfileChange>,
+    pub events: Events,
+}
+
+/// R9 (issue #18): a guardian that ends the batch held (all its known
+/// children are under 4 and not imported) is invisible in the portal, so
+/// other services must not learn of it: its counts and events are dropped.
+/// It is announced (`profile.created`) when it becomes visible. The others
+/// are released in batch order.
+pub fn release_guardians(
+    pending: Vec<PendingGuardian>,
+    ended_held: &HashSet<i64>,
+    effects: &mut crate::domain::outcome::BatchEffects,
+) {
+    for mut g in pending {
+        if ended_held.contains(&g.id) {
+            continue;
+        }
+        if let Some(change) = g.change {
+            *effects
+                .profiles
+                .entry((ProfileKind::Guardian.as_str(), change.label()))
+                .or_default() += 1;
+        }
+        for e in g.events.take() {
+            effects.events.push(
+                e.event_type,
+                &e.brin,
+                e.message_id,
+                e.entity_kind.as_deref(),
+                e.las_key.as_deref(),
+                e.changed_fields,
+                e.reason,
+            );
+        }
+    }
+}
+
 /// A group of the batch: (school id, trimmed LAS key).
 pub type GroupKey = (i64, String);
 
@@ -780,5 +823,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(school_message_rule(&started), Rule::R12);
+    }
+
+    #[test]
+    fn r9_a_guardian_that_ends_the_batch_held_is_not_announced() {
+        let pending = |id: i64| {
+            let mut events = Events::default();
+            events.push(
+                SyncEventType::ProfileCreated,
+                "12AB",
+                None,
+                Some("guardian"),
+                Some("G"),
+                vec![],
+                None,
+            );
+            PendingGuardian {
+                id,
+                change: Some(ProfileChange::Created),
+                events,
+            }
+        };
+        let mut effects = crate::domain::outcome::BatchEffects::default();
+        release_guardians(
+            vec![pending(1), pending(2)],
+            &HashSet::from([1]),
+            &mut effects,
+        );
+        assert_eq!(effects.events.len(), 1, "only the visible guardian");
+        assert_eq!(effects.profiles.get(&("guardian", "created")), Some(&1));
     }
 }

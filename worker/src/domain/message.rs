@@ -315,10 +315,16 @@ pub fn validate_change(m: &LasChangeV1) -> Result<(), Rejection> {
             "LAS keys must not start with `@`; that prefix is reserved for portal groups such as the intake group",
         ));
     }
-    if let Change::SchoolYearRolledOver(y) = &m.change
-        && y.school_year.trim().is_empty()
-    {
-        return Err(bad("field `change.school_year` is empty"));
+    if let Change::SchoolYearRolledOver(y) = &m.change {
+        if y.school_year.trim().is_empty() {
+            return Err(bad("field `change.school_year` is empty"));
+        }
+        if crate::domain::rules::rollover::SchoolYear::parse(&y.school_year).is_none() {
+            return Err(bad(format!(
+                "field `change.school_year` must be two consecutive years like 2026-2027, not {:?} (R11)",
+                truncate(&y.school_year, 40)
+            )));
+        }
     }
     Ok(())
 }

@@ -381,6 +381,10 @@ pub struct Profile {
     pub las_group_keys: Vec<String>,
     /// The student is in the school's intake group (R9).
     pub in_intake: bool,
+    /// R12: the personal data of this deactivation's term was purged. The
+    /// profile stays purged until the LAS re-enrols it with a newer version
+    /// than its removal.
+    pub purged: bool,
 }
 
 impl Profile {
@@ -395,6 +399,7 @@ impl Profile {
             role: None,
             las_group_keys: vec![],
             in_intake: false,
+            purged: false,
         }
     }
 }

@@ -146,9 +146,9 @@ impl Store {
                 continue;
             };
             let decision = match &c.change {
-                Change::SchoolYearRolledOver(y) => Some(
-                    rollover(&mut tx, school, &y.school_year, c.message_id, &mut effects).await?,
-                ),
+                Change::SchoolYearRolledOver(y) => {
+                    rollover(&mut tx, school, &y.school_year, c.message_id, &mut effects).await?
+                }
                 Change::SnapshotStarted(sn) => {
                     sqlx::query("INSERT INTO snapshots (id, school_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
                         .bind(sn.snapshot_id)

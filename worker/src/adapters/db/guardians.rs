@@ -1,6 +1,6 @@
 //! Guardian-student links and the guardians' status (R9, R12).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{Postgres, Transaction};
 
@@ -79,9 +79,11 @@ pub(super) async fn reconcile_guardians(
     tx: &mut Transaction<'_, Postgres>,
     students: &[i64],
     guardians: &[i64],
+    pending: Vec<batch::PendingGuardian>,
     effects: &mut BatchEffects,
 ) -> Result<(), StoreError> {
     if students.is_empty() && guardians.is_empty() {
+        batch::release_guardians(pending, &HashSet::new(), effects);
         return Ok(());
     }
     // Every statement is driven by the batch's ids or keys through an index.
@@ -131,6 +133,7 @@ pub(super) async fn reconcile_guardians(
     cands.sort_by_key(|c| c.0);
     if cands.is_empty() {
         sqlx::raw_sql(PLANNER_DEFAULTS).execute(&mut **tx).await?;
+        batch::release_guardians(pending, &HashSet::new(), effects);
         return Ok(());
     }
     let c_school: Vec<i64> = cands.iter().map(|c| c.1).collect();
@@ -196,6 +199,13 @@ pub(super) async fn reconcile_guardians(
         .await?;
     }
     sqlx::raw_sql(PLANNER_DEFAULTS).execute(&mut **tx).await?;
+    let ended_held: HashSet<i64> = u_id
+        .iter()
+        .zip(&u_status)
+        .filter(|(_, st)| **st == Status::Held.as_str())
+        .map(|(id, _)| *id)
+        .collect();
+    batch::release_guardians(pending, &ended_held, effects);
     for (target, was, key, brin) in changed {
         let (label, event) = batch::guardian_transition(was, target);
         *effects.profiles.entry(("guardian", label)).or_default() += 1;

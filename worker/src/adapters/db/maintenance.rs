@@ -118,7 +118,7 @@ impl Store {
         .await?;
         ensure_intake_groups(&mut tx, &intake_schools.into_iter().collect::<Vec<_>>()).await?;
         members.write(&mut tx).await?;
-        reconcile_guardians(&mut tx, &ids, &[], &mut effects).await?;
+        reconcile_guardians(&mut tx, &ids, &[], vec![], &mut effects).await?;
         report.purged = self.purge_expired(&mut tx, today).await?;
         // Bookkeeping that must not grow for ever: message ids older than 30 days
         // (a redelivery that late is still caught by the entity versions) and
@@ -267,9 +267,11 @@ impl Store {
         let purged: Vec<i64> = sqlx::query_scalar(
             "UPDATE profiles p SET first_name = NULL, name_prefix = NULL, last_name = NULL, birth_date = NULL,
                     street = NULL, postcode = NULL, city = NULL, phone = NULL, mobile = NULL,
-                    emergency_phone = NULL, email = NULL, purged_at = now(), updated_at = now()
+                    emergency_phone = NULL, email = NULL, allergies = NULL, general_practitioner = NULL,
+                    preferences = '{}'::jsonb, last_login_at = NULL, purged_at = now(), updated_at = now()
              FROM schools s
-             WHERE s.id = p.school_id AND p.status = 'deactivated' AND p.purged_at IS NULL
+             WHERE s.id = p.school_id AND p.status = 'deactivated'
+               AND (p.purged_at IS NULL OR p.purged_at < p.deactivated_at)
                AND p.deactivated_at IS NOT NULL
                AND p.deactivated_at < (($1::date - s.retention_days) AT TIME ZONE 'Europe/Amsterdam')
              RETURNING p.id",
@@ -285,10 +287,20 @@ impl Store {
             .bind(&purged)
             .execute(&mut **tx)
             .await?;
+            // E-mails about a purged guardian, and about the guardians of a
+            // purged child (they name the child): only what the audit needs
+            // is kept (ids, times, status, recipient id).
             sqlx::query(
-                "UPDATE email_outbox e SET body_text = '(verwijderd na de bewaartermijn)', body_html = '(verwijderd na de bewaartermijn)',
+                "UPDATE email_outbox e SET subject = '(verwijderd na de bewaartermijn)', to_address = '',
+                        body_text = '(verwijderd na de bewaartermijn)', body_html = '(verwijderd na de bewaartermijn)',
+                        last_error = NULL,
                         status = CASE WHEN e.status IN ('pending', 'sending') THEN 'cancelled' ELSE e.status END
-                 FROM suggestions s WHERE e.suggestion_id = s.id AND s.guardian_profile_id = ANY($1)",
+                 FROM suggestions s
+                 WHERE e.suggestion_id = s.id AND (s.guardian_profile_id = ANY($1) OR s.guardian_profile_id IN (
+                     SELECT g.id FROM profiles c
+                     JOIN guardian_students gs ON gs.school_id = c.school_id AND gs.student_key = c.las_key
+                     JOIN profiles g ON g.school_id = gs.school_id AND g.kind = 'guardian' AND g.las_key = gs.guardian_key
+                     WHERE c.id = ANY($1) AND c.kind = 'student'))",
             )
             .bind(&purged)
             .execute(&mut **tx)

@@ -12,7 +12,7 @@ use super::*;
 use crate::domain::batch::School;
 use crate::domain::batch::{self, ProfileKey, ProfileSlot};
 use crate::domain::outcome::Journal;
-use crate::domain::outcome::{BatchEffects, MessageOutcome};
+use crate::domain::outcome::{BatchEffects, Events, MessageOutcome};
 use crate::domain::rules::{self, Contact, Profile, ProfileKind, Status};
 
 pub(super) type Key = ProfileKey;
@@ -64,7 +64,9 @@ pub(super) async fn apply_profiles(
     let k_key: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.version, p.data_version, p.email_version, p.role,
-                p.las_group_keys, p.in_intake, {CONTACT_COLUMNS}
+                p.las_group_keys, p.in_intake,
+                (p.purged_at IS NOT NULL AND p.purged_at >= COALESCE(p.deactivated_at, p.purged_at)) AS purged,
+                {CONTACT_COLUMNS}
          FROM profiles p
          JOIN UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, l)
            ON p.school_id = t.s AND p.kind = t.k AND p.las_key = t.l
@@ -93,6 +95,7 @@ pub(super) async fn apply_profiles(
                 role: row.try_get("role")?,
                 las_group_keys: row.try_get("las_group_keys")?,
                 in_intake: row.try_get("in_intake")?,
+                purged: row.try_get("purged")?,
             }),
             None => None,
         };
@@ -144,20 +147,34 @@ pub(super) async fn apply_profiles(
     let mut students_changed: Vec<i64> = Vec::new();
     let mut touched_guardians: Vec<i64> = Vec::new();
     let mut intake_schools: HashSet<i64> = HashSet::new();
+    let mut pending_guardians: Vec<batch::PendingGuardian> = Vec::new();
     for ((school_id, kind, key), slot) in &slots {
         let Some(state) = &slot.state else { continue };
         if slot.message_id.is_none() {
             continue;
         }
         let change = batch::profile_change(slot.was_status, slot.current.as_ref(), state);
-        if let Some(change) = change {
-            *effects
-                .profiles
-                .entry((kind.as_str(), change.label()))
-                .or_default() += 1;
-        }
-        if let Some(school) = schools.get(school_id) {
-            batch::profile_events(&mut effects.events, &school.brin, *kind, key, slot, change);
+        if *kind == ProfileKind::Guardian {
+            // Counted and announced once R9/R12 settled its status.
+            let mut g = batch::PendingGuardian {
+                id: slot.id,
+                change,
+                events: Events::default(),
+            };
+            if let Some(school) = schools.get(school_id) {
+                batch::profile_events(&mut g.events, &school.brin, *kind, key, slot, change);
+            }
+            pending_guardians.push(g);
+        } else {
+            if let Some(change) = change {
+                *effects
+                    .profiles
+                    .entry((kind.as_str(), change.label()))
+                    .or_default() += 1;
+            }
+            if let Some(school) = schools.get(school_id) {
+                batch::profile_events(&mut effects.events, &school.brin, *kind, key, slot, change);
+            }
         }
         if !slot.inserted {
             w.push(slot, state);
@@ -193,7 +210,14 @@ pub(super) async fn apply_profiles(
     ensure_intake_groups(tx, &intake_schools.into_iter().collect::<Vec<_>>()).await?;
     members.write(tx).await?;
     links.write(tx).await?;
-    reconcile_guardians(tx, &students_changed, &touched_guardians, effects).await?;
+    reconcile_guardians(
+        tx,
+        &students_changed,
+        &touched_guardians,
+        pending_guardians,
+        effects,
+    )
+    .await?;
     resolve_suggestions(tx, &touched_guardians, effects).await?;
     Ok(())
 }

@@ -6,7 +6,9 @@ use uuid::Uuid;
 use super::*;
 use crate::domain::batch::School;
 use crate::domain::outcome::BatchEffects;
-use crate::domain::rules::rollover::{YEAR_BOUND_RECORDS, rollover_action};
+use crate::domain::rules::rollover::{
+    SchoolYear, UNLINKED_GROUP_TYPES, YEAR_BOUND_RECORDS, plan, rollover_action,
+};
 use crate::domain::rules::{self, ProfileKind};
 
 pub(super) fn static_kind(kind: &str) -> &'static str {
@@ -16,36 +18,57 @@ pub(super) fn static_kind(kind: &str) -> &'static str {
 }
 
 /// R11: the school year rolled over to `school_year` (e.g. `2026-2027`): every
-/// group-bound item is unlinked from its year or composite group (kept,
-/// unpublished), and the absence reports, leave requests and after-school-care
-/// registrations of earlier years are deleted. Once per school and year.
+/// group-bound item is unlinked from its group (kept, unpublished), and the
+/// absence reports, leave requests and after-school-care registrations of
+/// earlier years are deleted. Once per school and year; `None` (stale) for a
+/// year older than the newest one applied (`rules::rollover::plan`).
 pub(super) async fn rollover(
     tx: &mut Transaction<'_, Postgres>,
     school: &School,
     school_year: &str,
     message_id: Uuid,
     effects: &mut BatchEffects,
-) -> Result<rules::Action, StoreError> {
-    let year = rules::rollover::school_year(school_year);
+) -> Result<Option<rules::Action>, StoreError> {
+    // Validated with the message; kept total here.
+    let Some(parsed) = SchoolYear::parse(school_year) else {
+        return Ok(None);
+    };
+    let year = parsed.label();
+    // The school's row serializes rollovers of one school across batches.
+    let applied: Vec<String> = sqlx::query_scalar(
+        "SELECT r.school_year FROM schools s
+         LEFT JOIN school_year_rollovers r ON r.school_id = s.id
+         WHERE s.id = $1 AND r.school_year IS NOT NULL
+         FOR UPDATE OF s",
+    )
+    .bind(school.id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let newest = applied.iter().filter_map(|y| SchoolYear::parse(y)).max();
+    match plan(parsed, newest) {
+        Some(rules::Action::RolledOver) => {}
+        other => return Ok(other),
+    }
     let first = sqlx::query(
         "INSERT INTO school_year_rollovers (school_id, school_year, message_id, items_unlinked, records_deleted)
          VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
     )
     .bind(school.id)
-    .bind(year)
+    .bind(&year)
     .bind(message_id)
     .execute(&mut **tx)
     .await?
     .rows_affected();
     if first == 0 {
-        return Ok(rollover_action(false));
+        return Ok(Some(rollover_action(false)));
     }
     let unlinked = sqlx::query(
         "UPDATE group_items i SET unlinked_from_group_id = i.group_id, unlinked_at = now(), group_id = NULL
          FROM portal_groups g
-         WHERE i.group_id = g.id AND g.school_id = $1 AND g.group_type IN ('year', 'composite', 'alias')",
+         WHERE i.group_id = g.id AND g.school_id = $1 AND g.group_type = ANY($2)",
     )
     .bind(school.id)
+    .bind(&UNLINKED_GROUP_TYPES[..])
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -55,19 +78,19 @@ pub(super) async fn rollover(
             "DELETE FROM {table} WHERE school_id = $1 AND school_year < $2"
         )))
         .bind(school.id)
-        .bind(year)
+        .bind(&year)
         .execute(&mut **tx)
         .await?
         .rows_affected();
     }
     sqlx::query("UPDATE school_year_rollovers SET items_unlinked = $3, records_deleted = $4 WHERE school_id = $1 AND school_year = $2")
         .bind(school.id)
-        .bind(year)
+        .bind(&year)
         .bind(unlinked as i32)
         .bind(deleted as i32)
         .execute(&mut **tx)
         .await?;
-    tracing::info!(brin = %school.brin, school_year = year, items_unlinked = unlinked, records_deleted = deleted, "school year rolled over (R11)");
-    effects.rollovers.push((year.to_owned(), unlinked, deleted));
-    Ok(rollover_action(true))
+    tracing::info!(brin = %school.brin, school_year = %year, items_unlinked = unlinked, records_deleted = deleted, "school year rolled over (R11)");
+    effects.rollovers.push((year, unlinked, deleted));
+    Ok(Some(rollover_action(true)))
 }

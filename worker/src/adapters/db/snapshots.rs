@@ -184,7 +184,7 @@ pub(super) async fn deactivate_missing(
         .filter(|g| g.1 == "student")
         .map(|g| g.0)
         .collect();
-    reconcile_guardians(tx, &students, &[], effects).await?;
+    reconcile_guardians(tx, &students, &[], vec![], effects).await?;
     Ok(())
 }
 

@@ -103,6 +103,12 @@ pub fn apply_profile(
     if !newer_status && !newer_data && !newer_email {
         return Outcome::Stale;
     }
+    // R12: a purged profile stays purged. A record older than the removal
+    // (a late replica, a replayed dead letter) must not write personal data
+    // back; only a re-enrolment (newer than the removal) brings it back.
+    if base.purged && base.status == Status::Deactivated && !newer_status {
+        return Outcome::Stale;
+    }
 
     let mut decisions = Vec::new();
     let mut p = base.clone();
@@ -683,5 +689,30 @@ mod tests {
             assert_eq!(d.code(), want);
         }
         assert!(a.decisions.iter().any(|d| d.field.is_some()));
+    }
+
+    #[test]
+    fn r12_a_purged_profile_stays_purged_until_the_las_re_enrols_it() {
+        let sch = school(LasSystem::Parnassys);
+        let mut purged = existing(Contact::default(), 3);
+        purged.version = 5; // removed at version 5, purged after the term
+        purged.status = Status::Deactivated;
+        purged.purged = true;
+        let late = guardian(s("a@example.org"), s("0611"));
+        assert_eq!(
+            ap(Some(&purged), &late, 4, &sch),
+            Outcome::Stale,
+            "an upsert older than the removal writes nothing back"
+        );
+        let back = applied(ap(Some(&purged), &late, 6, &sch));
+        assert_eq!(back.profile.status, Status::Active, "re-enrolled");
+        assert_eq!(back.profile.contact.phone, s("0611"));
+        // Not purged yet: a late upsert still updates the deactivated profile's data.
+        let mut removed = purged.clone();
+        removed.purged = false;
+        assert!(matches!(
+            ap(Some(&removed), &late, 4, &sch),
+            Outcome::Applied(_)
+        ));
     }
 }

@@ -22,13 +22,53 @@ pub fn rollover_action(first_for_this_year: bool) -> Action {
     }
 }
 
-/// The school year as the rollover keeps it: `2026-2027`, without the
-/// whitespace a LAS may send around it.
-pub fn school_year(raw: &str) -> &str {
-    raw.trim()
+/// Group types whose items are unlinked at the rollover: every group the
+/// portal has, the intake group included (seed `000`: at the year rollover
+/// *all* links between groups and their items are broken, so next year's
+/// parents never see last year's group items).
+pub const UNLINKED_GROUP_TYPES: [&str; 4] = ["year", "composite", "alias", "intake"];
+
+/// A school year as the contract writes it: two consecutive years,
+/// `2026-2027`. Ordered by its first year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SchoolYear {
+    pub first: u16,
+}
+
+impl SchoolYear {
+    /// Reads `2026-2027` (surrounding whitespace ignored); `None` for any
+    /// other spelling (`2026/2027`, `2026-2028`, `26-27`).
+    pub fn parse(raw: &str) -> Option<SchoolYear> {
+        let (a, b) = raw.trim().split_once('-')?;
+        let digits = |s: &str| s.len() == 4 && s.bytes().all(|c| c.is_ascii_digit());
+        if !digits(a) || !digits(b) {
+            return None;
+        }
+        let (first, second): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
+        (second == first.checked_add(1)?).then_some(SchoolYear { first })
+    }
+
+    /// The canonical spelling, `2026-2027`.
+    pub fn label(self) -> String {
+        format!("{}-{}", self.first, u32::from(self.first) + 1)
+    }
+}
+
+/// R11 for a rollover to `year`, given the newest year already applied to
+/// the school: roll over when it is newer (or the first), say so once more
+/// when it is that same year, and `None` (stale: nothing unlinked, nothing
+/// deleted) when it is older: a replayed or late `2025-2026` after
+/// `2026-2027` must not unlink what the school republished since.
+pub fn plan(year: SchoolYear, newest_applied: Option<SchoolYear>) -> Option<Action> {
+    match newest_applied {
+        Some(n) if year < n => None,
+        Some(n) if year == n => Some(rollover_action(false)),
+        _ => Some(rollover_action(true)),
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -52,6 +92,51 @@ mod tests {
                 "after_school_care_registrations"
             ]
         );
-        assert_eq!(school_year(" 2026-2027 "), "2026-2027");
+    }
+
+    #[test]
+    fn r11_school_years_are_two_consecutive_years_compared_as_numbers() {
+        let y = |s| SchoolYear::parse(s);
+        assert_eq!(y(" 2026-2027 "), Some(SchoolYear { first: 2026 }));
+        assert_eq!(
+            y("2026-2027").map(|y| y.label()).as_deref(),
+            Some("2026-2027")
+        );
+        for bad in [
+            "2026/2027",
+            "2026-2028",
+            "2027-2026",
+            "26-27",
+            "2026-2027-2028",
+            "",
+            "abcd-efgh",
+        ] {
+            assert_eq!(y(bad), None, "{bad:?} is not a school year");
+        }
+        assert!(y("2099-2100") > y("2026-2027"));
+    }
+
+    #[test]
+    fn r11_an_older_year_is_stale_the_same_year_is_said_once_more() {
+        let y = |s| SchoolYear::parse(s).unwrap();
+        assert_eq!(plan(y("2026-2027"), None), Some(Action::RolledOver));
+        assert_eq!(
+            plan(y("2027-2028"), Some(y("2026-2027"))),
+            Some(Action::RolledOver)
+        );
+        assert_eq!(
+            plan(y("2026-2027"), Some(y("2026-2027"))),
+            Some(Action::AlreadyRolledOver)
+        );
+        assert_eq!(
+            plan(y("2025-2026"), Some(y("2026-2027"))),
+            None,
+            "a replayed old year is stale"
+        );
+    }
+
+    #[test]
+    fn r11_every_group_loses_its_items_the_intake_group_too() {
+        assert!(UNLINKED_GROUP_TYPES.contains(&"intake"));
     }
 }

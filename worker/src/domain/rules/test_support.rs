@@ -75,6 +75,7 @@ pub(crate) fn existing(contact: Contact, version: i64) -> Profile {
         role: None,
         las_group_keys: vec![],
         in_intake: false,
+        purged: false,
     }
 }
 
