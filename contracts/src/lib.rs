@@ -270,18 +270,22 @@ pub struct StaffRecord {
     /// A blank e-mail keeps the portal's e-mail (R4).
     #[serde(default)]
     pub email: Option<String>,
+    /// Imported only when the school publishes staff phones
+    /// (`portal.link.v1` `staff_phones`, v1.2); otherwise never (R3).
     #[serde(default)]
     pub phone: Option<String>,
+    /// As `phone`.
     #[serde(default)]
     pub mobile: Option<String>,
-    /// Added in v1.1 (optional): R3 imports staff addresses too.
+    /// Added in v1.1 (optional). Accepted, never imported since v1.2: parents
+    /// see staff in the portal, so no home address (R3, privacy).
     #[serde(default)]
     pub street: Option<String>,
     #[serde(default)]
     pub postcode: Option<String>,
     #[serde(default)]
     pub city: Option<String>,
-    /// Imported from ESIS only; ignored for ParnasSys (R3).
+    /// Accepted, never imported for staff (R3, privacy).
     #[serde(default)]
     pub emergency_phone: Option<String>,
     /// LAS keys of the groups the staff member teaches.
@@ -403,8 +407,38 @@ pub struct PortalLinkV1 {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 100))]
     pub snapshot_guard_percent: Option<u32>,
+    /// Added in v1.2: which of a staff member's phone numbers the school
+    /// publishes to parents (`phone`, `mobile`); default none. Staff home
+    /// addresses and unpublished phones are never imported (R3, privacy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staff_phones: Option<Vec<StaffPhone>>,
     #[serde(default)]
     pub emitted_at: Option<DateTime<Utc>>,
+}
+
+/// A staff phone number a school may publish to parents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StaffPhone {
+    Phone,
+    Mobile,
+}
+
+impl StaffPhone {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaffPhone::Phone => "phone",
+            StaffPhone::Mobile => "mobile",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StaffPhone> {
+        match s {
+            "phone" => Some(StaffPhone::Phone),
+            "mobile" => Some(StaffPhone::Mobile),
+            _ => None,
+        }
+    }
 }
 
 /// The schema id of a parent edit.

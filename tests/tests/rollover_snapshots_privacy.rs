@@ -728,3 +728,66 @@ async fn r9_a_guardian_of_only_held_children_is_announced_when_it_becomes_visibl
     );
     assert_eq!(events_of("S1").await, vec!["profile.created"]);
 }
+
+/// Issue #18: parents see staff in the portal (seed 002, "Medewerkers"), so a
+/// staff member's home address and private phones are never imported (and
+/// cleared where the portal held them); the school chooses which phones it
+/// publishes (`staff_phones`, default none).
+#[tokio::test(flavor = "multi_thread")]
+async fn r3_staff_keep_only_name_work_email_and_the_phones_the_school_publishes() {
+    let env = TestEnv::start().await;
+    env.link(parnassys_link("12AB", P)).await;
+    let staff = |v: u64| {
+        change(
+            "12AB",
+            parnassys(P),
+            v,
+            json!({"type": "staff.upserted", "las_key": "M1", "first_name": "Juf", "last_name": "Jansen",
+                   "street": "Thuisweg 1", "postcode": "1234 AB", "city": "Utrecht",
+                   "phone": "030-1234567", "mobile": "06-12345678", "email": "juf@school.example"}),
+        )
+    };
+    env.publish(&[staff(1)]).await;
+    env.wait_handled(2).await;
+    let m1 = env.show("12AB", "staff", "M1").unwrap();
+    assert_eq!(m1["first_name"], "Juf");
+    assert_eq!(m1["email"], "juf@school.example", "the work e-mail");
+    for f in [
+        "street",
+        "postcode",
+        "city",
+        "phone",
+        "mobile",
+        "emergency_phone",
+    ] {
+        assert_eq!(
+            m1[f],
+            Value::Null,
+            "staff {f} is not shown to parents: {m1}"
+        );
+    }
+
+    // The school publishes its staff's mobile numbers.
+    let (code, out) = env.cli(&[
+        "school",
+        "configure",
+        "--brin",
+        "12AB",
+        "--system",
+        "parnassys",
+        "--environment-id",
+        P,
+        "--staff-phones",
+        "mobile",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (_, shown) = env.cli(&["school", "show", "--brin", "12AB"]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["staff_phones"], json!(["mobile"]));
+    env.publish(&[staff(2)]).await;
+    env.wait_handled(3).await;
+    let m1 = env.show("12AB", "staff", "M1").unwrap();
+    assert_eq!(m1["mobile"], "06-12345678", "published");
+    assert_eq!(m1["phone"], Value::Null, "not published");
+    assert_eq!(m1["street"], Value::Null);
+}

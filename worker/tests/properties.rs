@@ -20,6 +20,7 @@ fn school(system: LasSystem) -> SchoolSettings {
         esis_composite_groups: false,
         retention_days: 365,
         snapshot_guard_percent: 10,
+        staff_phones: vec![],
     }
 }
 

@@ -12,6 +12,23 @@ use crate::domain::message::{self, Inbound};
 use crate::domain::outcome::MessageOutcome;
 use clap::Args;
 
+/// `--staff-phones`: the published staff phones, or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffPhones(pub Vec<las_contracts::StaffPhone>);
+
+fn parse_staff_phones(s: &str) -> Result<StaffPhones, String> {
+    if s.trim() == "none" {
+        return Ok(StaffPhones(vec![]));
+    }
+    s.split(',')
+        .map(|p| {
+            las_contracts::StaffPhone::parse(p.trim())
+                .ok_or_else(|| format!("{p:?} is not a staff phone; use phone, mobile or none"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(StaffPhones)
+}
+
 /// `--intake-weeks-ahead`: a number of weeks, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntakeWeeks {
@@ -58,6 +75,10 @@ pub struct ConfigureArgs {
     /// R12: days after deactivation before personal data is purged (default 365).
     #[arg(long)]
     pub retention_days: Option<u32>,
+    /// Staff phone numbers published to parents: `phone`, `mobile`, both
+    /// (`phone,mobile`) or `none` (the default). Others are never imported.
+    #[arg(long, value_name = "phone,mobile|none", value_parser = parse_staff_phones)]
+    pub staff_phones: Option<StaffPhones>,
 }
 
 /// `las-worker school ...`.
@@ -136,6 +157,11 @@ pub fn link_message(args: &ConfigureArgs, current: Option<&SchoolView>) -> serde
             .retention_days
             .map(i64::from)
             .or_else(|| current.map(|c| i64::from(c.retention_days))),
+        "snapshot_guard_percent": current.map(|c| i64::from(c.snapshot_guard_percent)),
+        "staff_phones": match &args.staff_phones {
+            Some(StaffPhones(p)) => p.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>(),
+            None => current.map(|c| c.staff_phones.clone()).unwrap_or_default(),
+        },
         "emitted_at": chrono::Utc::now(),
     })
 }
@@ -232,6 +258,8 @@ mod tests {
             link_staff_to_groups: false,
             esis_composite_groups: false,
             retention_days: 100,
+            snapshot_guard_percent: 20,
+            staff_phones: vec!["mobile".into()],
             group_mapping: serde_json::json!([]),
             first_run_at: None,
             last_sync_at: None,
@@ -243,8 +271,18 @@ mod tests {
         assert_eq!(m["intake_weeks_ahead"], 6);
         assert_eq!(m["retention_days"], 30);
         assert_eq!(m["link_staff_to_groups"], false);
+        assert_eq!(
+            m["snapshot_guard_percent"], 20,
+            "kept, not reset to the default"
+        );
+        assert_eq!(m["staff_phones"], serde_json::json!(["mobile"]));
         let m = link_message(&args(&["--intake-weeks-ahead", "off"]), Some(&cur));
         assert!(m["intake_weeks_ahead"].is_null());
+        let m = link_message(&args(&["--staff-phones", "none"]), Some(&cur));
+        assert_eq!(m["staff_phones"], serde_json::json!([]));
+        let m = link_message(&args(&["--staff-phones", "phone,mobile"]), Some(&cur));
+        assert_eq!(m["staff_phones"], serde_json::json!(["phone", "mobile"]));
+        assert!(parse_staff_phones("fax").is_err());
         // A new school: absent options are null, so the rules' defaults apply.
         let m = link_message(&args(&[]), None);
         assert!(m["default_staff_role"].is_null());

@@ -423,6 +423,9 @@ pub struct SchoolSettings {
     pub retention_days: u32,
     /// Deletion guard of full snapshots, in percent of active profiles.
     pub snapshot_guard_percent: u32,
+    /// Staff phone numbers the school publishes to parents (R3 for staff,
+    /// privacy); none by default.
+    pub staff_phones: Vec<las_contracts::StaffPhone>,
 }
 
 pub const DEFAULT_STAFF_ROLE: &str = "Leerkracht";

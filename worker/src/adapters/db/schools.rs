@@ -29,10 +29,15 @@ pub(super) fn settings_from_row(
         snapshot_guard_percent: row
             .try_get::<i32, _>("snapshot_guard_percent")?
             .clamp(0, 100) as u32,
+        staff_phones: row
+            .try_get::<Vec<String>, _>("staff_phones")?
+            .iter()
+            .filter_map(|p| las_contracts::StaffPhone::parse(p))
+            .collect(),
     })
 }
 
-pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent";
+pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones";
 
 pub(super) async fn load_schools(
     tx: &mut Transaction<'_, Postgres>,
@@ -132,8 +137,8 @@ pub(super) async fn apply_link(
     sqlx::query(
         "INSERT INTO schools (brin, las_system, environment_id, environment_label, intake_weeks_ahead,
              default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, group_mapping,
-             snapshot_guard_percent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             snapshot_guard_percent, staff_phones)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (brin) DO UPDATE SET
              environment_label = EXCLUDED.environment_label,
              intake_weeks_ahead = EXCLUDED.intake_weeks_ahead,
@@ -143,6 +148,7 @@ pub(super) async fn apply_link(
              retention_days = EXCLUDED.retention_days,
              group_mapping = EXCLUDED.group_mapping,
              snapshot_guard_percent = EXCLUDED.snapshot_guard_percent,
+             staff_phones = EXCLUDED.staff_phones,
              updated_at = now()",
     )
     .bind(&link.brin)
@@ -156,6 +162,13 @@ pub(super) async fn apply_link(
     .bind(settings.retention_days.min(i32::MAX as u32) as i32)
     .bind(mapping)
     .bind(settings.snapshot_guard_percent.min(100) as i32)
+    .bind(
+        settings
+            .staff_phones
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     let decision = if existing.is_some() {
@@ -199,6 +212,9 @@ pub struct SchoolView {
     pub link_staff_to_groups: bool,
     pub esis_composite_groups: bool,
     pub retention_days: i32,
+    pub snapshot_guard_percent: i32,
+    /// Staff phones published to parents (`phone`, `mobile`).
+    pub staff_phones: Vec<String>,
     pub group_mapping: serde_json::Value,
     pub first_run_at: Timestamp,
     pub last_sync_at: Timestamp,
@@ -212,7 +228,8 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT brin, las_system AS system, environment_id, environment_label AS label,
                 intake_weeks_ahead, default_staff_role, link_staff_to_groups,
-                esis_composite_groups, retention_days, group_mapping, first_run_at,
+                esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones,
+                group_mapping, first_run_at,
                 last_sync_at, created_at, updated_at
          FROM schools WHERE brin = $1",
         )

@@ -22,10 +22,31 @@ pub enum Policy {
     NotImported,
 }
 
+/// R3 with the school's choices: the phones a school publishes for its
+/// staff are imported (and a blank one clears it), the others never.
+pub fn school_policy(kind: ProfileKind, school: &SchoolSettings, field: Field) -> Policy {
+    let published = |p: las_contracts::StaffPhone| school.staff_phones.contains(&p);
+    match (kind, field) {
+        (ProfileKind::Staff, Field::Phone) if published(las_contracts::StaffPhone::Phone) => {
+            Policy::Import
+        }
+        (ProfileKind::Staff, Field::Mobile) if published(las_contracts::StaffPhone::Mobile) => {
+            Policy::Import
+        }
+        _ => policy(kind, school.system, field),
+    }
+}
+
 /// R3: which fields are imported, per kind of profile and LAS system.
 pub fn policy(kind: ProfileKind, system: LasSystem, field: Field) -> Policy {
     use Field::*;
     match (kind, field) {
+        // Privacy: the portal shows staff to parents (seed 002, "Medewerkers");
+        // only their name, work e-mail and published phones are imported. A
+        // home address and private phones are cleared at import.
+        (ProfileKind::Staff, Street | Postcode | City | Phone | Mobile | EmergencyPhone) => {
+            Policy::Clear
+        }
         (_, FirstName | NamePrefix | LastName | Street | Postcode | City) => Policy::Import,
         (ProfileKind::Student, BirthDate) => Policy::Import,
         (_, BirthDate) => Policy::NotImported,
@@ -95,7 +116,7 @@ pub fn apply_profile(
     let base = current.cloned().unwrap_or_else(Profile::empty);
     let newer_status = version > base.version;
     let newer_data = version > base.data_version;
-    let email_policy = policy(las.kind, school.system, Field::Email);
+    let email_policy = school_policy(las.kind, school, Field::Email);
     let las_email = las.contact.email.as_deref();
     let email_valid = las_email.is_some_and(is_valid_email);
     let newer_email =
@@ -127,7 +148,7 @@ pub fn apply_profile(
     for field in Field::ALL {
         let old = p.contact.get(field);
         let new = las.contact.get(field);
-        match policy(las.kind, school.system, field) {
+        match school_policy(las.kind, school, field) {
             Policy::Import if newer_data && new != old => {
                 let (rule, action) = if new.is_some() {
                     (Rule::R1, Action::Overwritten)
@@ -714,5 +735,59 @@ mod tests {
             ap(Some(&removed), &late, 4, &sch),
             Outcome::Applied(_)
         ));
+    }
+
+    #[test]
+    fn r3_staff_keep_only_name_work_email_and_published_phones() {
+        let staff = |street: Option<String>| {
+            LasProfile::from_staff(&StaffRecord {
+                las_key: "M1".into(),
+                first_name: s("Juf"),
+                last_name: s("Jansen"),
+                street,
+                postcode: s("1234 AB"),
+                city: s("Utrecht"),
+                phone: s("030-1234567"),
+                mobile: s("06-12345678"),
+                email: s("juf@school.example"),
+                ..StaffRecord::default()
+            })
+        };
+        let mut home = existing(Contact::default(), 1);
+        home.contact.street = s("Thuisweg 1");
+        home.contact.phone = s("030-0000000");
+        let sch = school(LasSystem::Parnassys);
+        let a = applied(ap(Some(&home), &staff(s("Thuisweg 2")), 2, &sch));
+        assert_eq!(a.profile.contact.first_name, s("Juf"));
+        assert_eq!(
+            a.profile.contact.email,
+            s("juf@school.example"),
+            "work e-mail"
+        );
+        for (field, value) in [
+            ("street", &a.profile.contact.street),
+            ("postcode", &a.profile.contact.postcode),
+            ("city", &a.profile.contact.city),
+            ("phone", &a.profile.contact.phone),
+            ("mobile", &a.profile.contact.mobile),
+        ] {
+            assert_eq!(
+                value, &None,
+                "staff {field} is not shown to parents, so not imported"
+            );
+        }
+        assert!(
+            has(&a, Rule::R3, Action::Cleared, Some(Field::Street)),
+            "the home address the portal held is cleared"
+        );
+        let mut publishing = sch.clone();
+        publishing.staff_phones = vec![las_contracts::StaffPhone::Mobile];
+        let a = applied(ap(None, &staff(None), 1, &publishing));
+        assert_eq!(
+            a.profile.contact.mobile,
+            s("06-12345678"),
+            "the school publishes mobiles"
+        );
+        assert_eq!(a.profile.contact.phone, None);
     }
 }

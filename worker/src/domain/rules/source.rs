@@ -102,6 +102,12 @@ pub fn link_settings(
         snapshot_guard_percent: link
             .snapshot_guard_percent
             .unwrap_or(DEFAULT_SNAPSHOT_GUARD_PERCENT),
+        staff_phones: {
+            let mut phones = link.staff_phones.clone().unwrap_or_default();
+            phones.sort_by_key(|p| p.as_str());
+            phones.dedup();
+            phones
+        },
     })
 }
 
@@ -188,6 +194,7 @@ mod tests {
             retention_days: None,
             group_mapping: None,
             snapshot_guard_percent: None,
+            staff_phones: None,
             emitted_at: None,
         }
     }

@@ -32,6 +32,7 @@ pub(crate) fn school(system: LasSystem) -> SchoolSettings {
         esis_composite_groups: false,
         retention_days: DEFAULT_RETENTION_DAYS,
         snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
+        staff_phones: vec![],
     }
 }
 
