@@ -791,3 +791,129 @@ async fn r3_staff_keep_only_name_work_email_and_the_phones_the_school_publishes(
     assert_eq!(m1["phone"], Value::Null, "not published");
     assert_eq!(m1["street"], Value::Null);
 }
+
+/// Issue #18, the right to erasure (seed 004): `las-worker profile erase`
+/// purges one profile now, with its copies, after a confirmation; the journal
+/// keeps that it happened without the data; the LAS brings the profile back
+/// only with a newer record, and `explain` says what happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_a_profile_is_erased_on_request_and_returns_only_with_a_newer_record() {
+    let env = TestEnv::start_with(&[("EVENTS_PUBLISH", "false")]).await;
+    env.link(parnassys_link("12AB", P)).await;
+    let kind = |v: u64| {
+        change(
+            "12AB",
+            parnassys(P),
+            v,
+            json!({"type": "student.upserted", "las_key": "S1", "first_name": "Wis", "last_name": "Mij", "birth_date": "2018-05-05", "group_keys": ["G3"]}),
+        )
+    };
+    env.publish(&[
+        kind(2),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "Ouder", "email": "ouder@example.org", "student_keys": ["S1"]})),
+    ])
+    .await;
+    env.wait_handled(3).await;
+    sqlx::query("UPDATE profiles SET allergies = 'pinda' WHERE las_key = 'S1'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH s AS (
+             INSERT INTO suggestions (school_id, message_id, guardian_profile_id, edited_at)
+             SELECT school_id, gen_random_uuid(), id, now() FROM profiles WHERE las_key = 'G1' RETURNING id, school_id)
+         INSERT INTO email_outbox (school_id, suggestion_id, to_address, subject, body_text, body_html, idempotency_key, next_attempt_at)
+         SELECT school_id, id, 'juf@school.example', 'Wijziging', 'Ouder van Wis Mij', '<p>Wis Mij</p>', gen_random_uuid(), now() + interval '1 day' FROM s",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+
+    let args = [
+        "profile",
+        "erase",
+        "--brin",
+        "12AB",
+        "--kind",
+        "student",
+        "--las-key",
+        "S1",
+    ];
+    let (code, out) = env.cli(&args);
+    assert_eq!(code, 1, "not confirmed (no terminal, no --yes): {out}");
+    assert_eq!(
+        env.show("12AB", "student", "S1").unwrap()["first_name"],
+        "Wis",
+        "nothing erased"
+    );
+    let (code, out) = env.cli(&[&args[..], &["--yes"]].concat());
+    assert_eq!(code, 0, "{out}");
+
+    let s1 = env.show("12AB", "student", "S1").unwrap();
+    assert_eq!(s1["status"], "deactivated");
+    for f in ["first_name", "last_name", "birth_date"] {
+        assert_eq!(s1[f], Value::Null, "{f} erased: {s1}");
+    }
+    assert_eq!(s1["groups"], json!([]), "out of its groups");
+    let allergies: Option<String> =
+        sqlx::query_scalar("SELECT allergies FROM profiles WHERE las_key = 'S1'")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert_eq!(allergies, None);
+    let mail: (String, String) = sqlx::query_as("SELECT body_text, status FROM email_outbox")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert!(!mail.0.contains("Wis"), "{mail:?}");
+    assert_eq!(mail.1, "cancelled");
+    let events: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT payload ->> 'event_type', payload ->> 'reason' FROM event_outbox_events
+         WHERE payload ->> 'las_key' = 'S1' ORDER BY outbox_id, position",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        events.last(),
+        Some(&("profile.deactivated".to_owned(), Some("erased".to_owned()))),
+        "other services learn that it is gone: {events:?}"
+    );
+
+    // The LAS still sends the child: the same record changes nothing, a
+    // newer one brings it back.
+    env.publish(&[kind(2)]).await;
+    let counts = env.wait_handled(4).await;
+    assert_eq!(counts.get("stale"), Some(&1), "{counts:?}");
+    assert_eq!(
+        env.show("12AB", "student", "S1").unwrap()["first_name"],
+        Value::Null
+    );
+    env.publish(&[kind(3)]).await;
+    env.wait_handled(5).await;
+    assert_eq!(
+        env.show("12AB", "student", "S1").unwrap()["first_name"],
+        "Wis"
+    );
+    let (code, explained) = env.cli(&[
+        "explain",
+        "--brin",
+        "12AB",
+        "--kind",
+        "student",
+        "--las-key",
+        "S1",
+    ]);
+    assert_eq!(code, 0, "{explained}");
+    assert!(explained.contains("erased on request"), "{explained}");
+    assert!(
+        !explained.contains("Wis"),
+        "no values in the journal: {explained}"
+    );
+    let erased = explained.find("erased on request").unwrap();
+    let back = explained.rfind("R1").unwrap();
+    assert!(
+        back > erased,
+        "the return comes after the erasure: {explained}"
+    );
+}

@@ -245,6 +245,9 @@ pub fn sentence(rule: &str, action: &str, field: Option<&str>, context: Context)
         ("R10", "not_a_suggestion") => {
             "part of the parent's edit is no suggestion (portal-only or unchanged)".to_owned()
         }
+        ("R12", "erased") => {
+            "personal data erased on request (the right to erasure) and deactivated; the LAS brings it back only with a newer record".to_owned()
+        }
         ("R12", "deactivated") => {
             "deactivated (removed in the LAS) and out of all groups".to_owned()
         }

@@ -129,6 +129,31 @@ pub enum Command {
     /// Inspect, replay and purge dead letters (queue las-worker.dead-letter).
     #[command(subcommand)]
     Dlq(crate::cli::dlq::DlqCommand),
+    /// One profile on request: the right to erasure (AVG art. 17).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ProfileCommand {
+    /// Erase a profile's personal data now, with every copy (suggestions,
+    /// e-mails), and deactivate it; the change journal keeps that it happened,
+    /// without the data. The LAS brings the profile back only with a newer
+    /// record. Asks for the LAS key again unless --yes is given.
+    #[command(
+        after_help = "Example:\n  las-worker profile erase --brin 12AB --kind student --las-key L1001\n\nExit codes: 0 erased, 1 no such profile or not confirmed, 2 error."
+    )]
+    Erase {
+        #[arg(long)]
+        brin: String,
+        #[arg(long, value_parser = ["student", "guardian", "staff"])]
+        kind: String,
+        #[arg(long)]
+        las_key: String,
+        /// Do not ask: the request was checked elsewhere.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -273,6 +298,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             explain::journal(store.pool(), &cmd).await
         }
         Command::Dlq(cmd) => dlq::run(&cmd).await,
+        Command::Profile(ProfileCommand::Erase {
+            brin,
+            kind,
+            las_key,
+            yes,
+        }) => profiles::erase(db, &brin, &kind, &las_key, yes).await,
     }
 }
 

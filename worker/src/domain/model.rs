@@ -100,6 +100,9 @@ pub enum Action {
     SnapshotApplied,
     /// A full snapshot was held by the deletion guard or a count mismatch (R12).
     SnapshotHeld,
+    /// The profile's personal data was erased on request (the right to
+    /// erasure, AVG art. 17): purged now, deactivated (R12).
+    Erased,
 }
 
 impl Action {
@@ -132,6 +135,7 @@ impl Action {
             Action::SnapshotStarted => "snapshot_started",
             Action::SnapshotApplied => "snapshot_applied",
             Action::SnapshotHeld => "snapshot_held",
+            Action::Erased => "erased",
         }
     }
 }

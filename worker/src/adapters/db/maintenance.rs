@@ -264,48 +264,19 @@ impl Store {
         tx: &mut Transaction<'_, Postgres>,
         today: NaiveDate,
     ) -> Result<u64, StoreError> {
-        let purged: Vec<i64> = sqlx::query_scalar(
-            "UPDATE profiles p SET first_name = NULL, name_prefix = NULL, last_name = NULL, birth_date = NULL,
-                    street = NULL, postcode = NULL, city = NULL, phone = NULL, mobile = NULL,
-                    emergency_phone = NULL, email = NULL, allergies = NULL, general_practitioner = NULL,
-                    preferences = '{}'::jsonb, last_login_at = NULL, purged_at = now(), updated_at = now()
+        let purged: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE profiles p SET {PURGED_FIELDS}
              FROM schools s
              WHERE s.id = p.school_id AND p.status = 'deactivated'
                AND (p.purged_at IS NULL OR p.purged_at < p.deactivated_at)
                AND p.deactivated_at IS NOT NULL
                AND p.deactivated_at < (($1::date - s.retention_days) AT TIME ZONE 'Europe/Amsterdam')
-             RETURNING p.id",
-        )
+             RETURNING p.id"
+        )))
         .bind(today)
         .fetch_all(&mut **tx)
         .await?;
-        if !purged.is_empty() {
-            sqlx::query(
-                "UPDATE suggestion_fields f SET current_value = NULL, proposed_value = NULL
-                 FROM suggestions s WHERE f.suggestion_id = s.id AND s.guardian_profile_id = ANY($1)",
-            )
-            .bind(&purged)
-            .execute(&mut **tx)
-            .await?;
-            // E-mails about a purged guardian, and about the guardians of a
-            // purged child (they name the child): only what the audit needs
-            // is kept (ids, times, status, recipient id).
-            sqlx::query(
-                "UPDATE email_outbox e SET subject = '(verwijderd na de bewaartermijn)', to_address = '',
-                        body_text = '(verwijderd na de bewaartermijn)', body_html = '(verwijderd na de bewaartermijn)',
-                        last_error = NULL,
-                        status = CASE WHEN e.status IN ('pending', 'sending') THEN 'cancelled' ELSE e.status END
-                 FROM suggestions s
-                 WHERE e.suggestion_id = s.id AND (s.guardian_profile_id = ANY($1) OR s.guardian_profile_id IN (
-                     SELECT g.id FROM profiles c
-                     JOIN guardian_students gs ON gs.school_id = c.school_id AND gs.student_key = c.las_key
-                     JOIN profiles g ON g.school_id = gs.school_id AND g.kind = 'guardian' AND g.las_key = gs.guardian_key
-                     WHERE c.id = ANY($1) AND c.kind = 'student'))",
-            )
-            .bind(&purged)
-            .execute(&mut **tx)
-            .await?;
-        }
+        purge_copies(tx, &purged).await?;
         Ok(purged.len() as u64)
     }
 }
@@ -316,3 +287,137 @@ impl Store {
 /// keeper last analyzed it.
 #[derive(Debug, Default)]
 pub struct AnalyzeMarks(HashMap<String, (i64, i64)>);
+
+/// R12: the copies of purged profiles' personal data: the values in their
+/// suggestions, and the e-mails about them or naming them.
+pub(super) async fn purge_copies(
+    tx: &mut Transaction<'_, Postgres>,
+    purged: &[i64],
+) -> Result<(), StoreError> {
+    if purged.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE suggestion_fields f SET current_value = NULL, proposed_value = NULL
+             FROM suggestions s WHERE f.suggestion_id = s.id AND s.guardian_profile_id = ANY($1)",
+    )
+    .bind(purged)
+    .execute(&mut **tx)
+    .await?;
+    // E-mails about a purged guardian, and about the guardians of a
+    // purged child (they name the child): only what the audit needs
+    // is kept (ids, times, status, recipient id).
+    sqlx::query(
+            "UPDATE email_outbox e SET subject = '(verwijderd na de bewaartermijn)', to_address = '',
+                    body_text = '(verwijderd na de bewaartermijn)', body_html = '(verwijderd na de bewaartermijn)',
+                    last_error = NULL,
+                    status = CASE WHEN e.status IN ('pending', 'sending') THEN 'cancelled' ELSE e.status END
+             FROM suggestions s
+             WHERE e.suggestion_id = s.id AND (s.guardian_profile_id = ANY($1) OR s.guardian_profile_id IN (
+                 SELECT g.id FROM profiles c
+                 JOIN guardian_students gs ON gs.school_id = c.school_id AND gs.student_key = c.las_key
+                 JOIN profiles g ON g.school_id = gs.school_id AND g.kind = 'guardian' AND g.las_key = gs.guardian_key
+                 WHERE c.id = ANY($1) AND c.kind = 'student'))",
+        )
+        .bind(purged)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The fields an erasure or a purge clears on a profile row.
+const PURGED_FIELDS: &str = "first_name = NULL, name_prefix = NULL, last_name = NULL, birth_date = NULL,
+                    street = NULL, postcode = NULL, city = NULL, phone = NULL, mobile = NULL,
+                    emergency_phone = NULL, email = NULL, allergies = NULL, general_practitioner = NULL,
+                    preferences = '{}'::jsonb, last_login_at = NULL, purged_at = now(), updated_at = now()";
+
+/// What an erasure did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    pub brin: String,
+    pub kind: String,
+    pub las_key: String,
+    /// The profile was visible until now (a `profile.deactivated` event says so).
+    pub was_active: bool,
+}
+
+impl Store {
+    /// The right to erasure: purges one profile now, with every copy (R12),
+    /// and deactivates it. The journal records that it happened (rule and
+    /// action, no data). The LAS brings the profile back only with a record
+    /// newer than the one the portal has. `None` when there is no such profile.
+    pub async fn erase_profile(
+        &self,
+        brin: &str,
+        kind: ProfileKind,
+        las_key: &str,
+    ) -> Result<Option<Erased>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT p.id, p.school_id, p.status, p.version FROM profiles p JOIN schools s ON s.id = p.school_id
+             WHERE s.brin = $1 AND p.kind = $2 AND p.las_key = $3 FOR UPDATE OF p",
+        )
+        .bind(brin)
+        .bind(kind.as_str())
+        .bind(las_key.trim())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, school_id, status, version)) = row else {
+            return Ok(None);
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE profiles SET {PURGED_FIELDS}, status = 'deactivated',
+                    deactivated_at = COALESCE(deactivated_at, now()),
+                    deactivation_reason = COALESCE(deactivation_reason, 'erased')
+             WHERE id = $1"
+        )))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        purge_copies(&mut tx, &[id]).await?;
+        // Out of every group, as a removal would leave it.
+        sqlx::query(
+            "DELETE FROM memberships WHERE school_id = $1 AND member_kind = $2 AND member_key = $3",
+        )
+        .bind(school_id)
+        .bind(kind.as_str())
+        .bind(las_key.trim())
+        .execute(&mut *tx)
+        .await?;
+        let mut journal = crate::domain::outcome::Journal::default();
+        journal.push(
+            school_id,
+            uuid::Uuid::new_v4(),
+            kind.as_str(),
+            las_key.trim(),
+            version,
+            &[rules::Decision {
+                rule: rules::Rule::R12,
+                action: rules::Action::Erased,
+                field: None,
+            }],
+        );
+        journal::write(&mut tx, &journal).await?;
+        let was_active = status == "active";
+        if was_active {
+            let mut events = crate::domain::outcome::Events::default();
+            events.push(
+                las_contracts::SyncEventType::ProfileDeactivated,
+                brin,
+                None,
+                Some(kind.as_str()),
+                Some(las_key.trim()),
+                vec![],
+                Some("erased".to_owned()),
+            );
+            event_outbox::write(&mut tx, &mut events).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Erased {
+            brin: brin.to_owned(),
+            kind: kind.as_str().to_owned(),
+            las_key: las_key.trim().to_owned(),
+            was_active,
+        }))
+    }
+}

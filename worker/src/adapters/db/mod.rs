@@ -28,7 +28,7 @@ pub use crate::domain::outcome::{BatchEffects, Events, MessageOutcome};
 pub use email_outbox::OutboxEmail;
 use error::lost_insert_race;
 pub use error::{StoreError, classify};
-pub use maintenance::{AnalyzeMarks, DailyReport};
+pub use maintenance::{AnalyzeMarks, DailyReport, Erased};
 pub use schools::SchoolView;
 pub use snapshots::SnapshotView;
 pub use suggestions::SuggestionView;
