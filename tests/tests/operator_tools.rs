@@ -609,3 +609,88 @@ async fn every_new_command_has_help_with_an_example() {
         );
     }
 }
+
+/// Issue #18: dead letters carry message bodies with personal data and have
+/// a term (DEAD_LETTER_RETENTION_DAYS): the worker drops older ones, counts
+/// the ones due within a week, keeps the rest, and `dlq list` shows the age.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_dead_letters_past_their_term_are_dropped_and_the_rest_kept() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    let env = TestEnv::start_with(&[
+        ("DEAD_LETTER_RETENTION_DAYS", "30"),
+        ("DEAD_LETTER_SWEEP_INTERVAL_MS", "300"),
+    ])
+    .await;
+    // Three letters the worker dead-lettered 40, 25 and 2 days ago.
+    let conn = Connection::connect(&env.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for days in [40, 25, 2] {
+        let at = (chrono::Utc::now() - chrono::Duration::days(days)).to_rfc3339();
+        let mut h = FieldTable::default();
+        let ls = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+        h.insert("x-las-reason-code".into(), ls("unknown_brin"));
+        h.insert(
+            "x-las-reason".into(),
+            ls("no portal is linked to BRIN 99ZZ (R6)"),
+        );
+        h.insert("x-las-rejected-at".into(), ls(&at));
+        h.insert(
+            "x-las-message-id".into(),
+            ls(&format!("00000000-0000-0000-0000-0000000000{days:02}")),
+        );
+        let body = format!(r#"{{"schema":"las.change.v1","brin":"99ZZ","note":"{days} days"}}"#);
+        let confirm = ch
+            .basic_publish(
+                las_contracts::DEAD_LETTER_EXCHANGE.into(),
+                "las.99ZZ.guardian.upserted".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default()
+                    .with_headers(h)
+                    .with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+    let _ = conn.close(200, "done".into()).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = env.http_get("/metrics").await.unwrap();
+        if metrics.contains("las_dead_letters_expired_total 1")
+            && metrics.contains("las_dead_letters_expiring 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sweep seen: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.wait_queue_depth(DLQ, 2, Duration::from_secs(30)).await;
+    let mut ages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ages.len() != 2 {
+        // The sweep holds the letters for a moment now and then.
+        let (_, out, _) = env.cli_output(&["dlq", "list", "--format", "json"]);
+        ages = json_lines(&out)
+            .iter()
+            .map(|l| l["age_days"].as_i64().unwrap())
+            .collect();
+        assert!(Instant::now() < deadline, "{out}");
+    }
+    ages.sort();
+    assert_eq!(
+        ages,
+        vec![2, 25],
+        "the 40-day-old letter is gone, the others kept"
+    );
+}

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub snapshots_held: IntGauge,
     /// R12: profiles whose personal data was purged after the retention period.
     pub purged: prometheus::IntCounter,
+    /// R12: dead letters dropped after DEAD_LETTER_RETENTION_DAYS.
+    pub dead_letters_expired: prometheus::IntCounter,
+    /// R12: dead letters that reach their term within a week (a warning).
+    pub dead_letters_expiring: IntGauge,
     /// Sync events published (confirmed by the broker).
     pub events_published: prometheus::IntCounter,
     /// Sync events waiting in the outbox.
@@ -244,6 +248,22 @@ impl Metrics {
         registry
             .register(Box::new(purged.clone()))
             .unwrap_or_else(|e| panic!("metric las_profiles_purged_total: {e}"));
+        let dead_letters_expired = prometheus::IntCounter::with_opts(Opts::new(
+            "las_dead_letters_expired_total",
+            "Dead letters dropped after DEAD_LETTER_RETENTION_DAYS (their bodies hold personal data, R12).",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_dead_letters_expired_total: {e}"));
+        registry
+            .register(Box::new(dead_letters_expired.clone()))
+            .unwrap_or_else(|e| panic!("metric las_dead_letters_expired_total: {e}"));
+        let dead_letters_expiring = IntGauge::with_opts(Opts::new(
+            "las_dead_letters_expiring",
+            "Dead letters that reach their term (DEAD_LETTER_RETENTION_DAYS) within 7 days, at the last sweep.",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_dead_letters_expiring: {e}"));
+        registry
+            .register(Box::new(dead_letters_expiring.clone()))
+            .unwrap_or_else(|e| panic!("metric las_dead_letters_expiring: {e}"));
         let events_published = prometheus::IntCounter::with_opts(Opts::new(
             "las_events_published_total",
             "Sync events published on las.sync-events and confirmed by the broker.",
@@ -292,6 +312,8 @@ impl Metrics {
             snapshots,
             snapshots_held,
             purged,
+            dead_letters_expired,
+            dead_letters_expiring,
             events_published,
             event_outbox_depth,
             build_info,

@@ -101,3 +101,43 @@ pub async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch:
         }
     }
 }
+
+/// R12: dead letters hold message bodies, personal data included; the ones
+/// past `term_days` are dropped, and those within a week of it counted, so an
+/// operator is warned before anything is dropped. Every replica may sweep:
+/// each drops what it took and gives the rest back.
+pub async fn sweep_dead_letters(
+    url: String,
+    delivery_limit: i64,
+    term_days: u32,
+    every: Duration,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match crate::adapters::amqp::dead_letters::sweep(
+            &url,
+            delivery_limit,
+            chrono::Utc::now(),
+            term_days,
+        )
+        .await
+        {
+            Ok(s) => {
+                metrics.dead_letters_expired.inc_by(s.expired);
+                metrics.dead_letters_expiring.set(s.expiring as i64);
+                if s.expired > 0 {
+                    info!(
+                        expired = s.expired,
+                        term_days, "dead letters past their term dropped"
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "dead-letter sweep failed; the next one tries again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+    }
+}

@@ -19,7 +19,7 @@ use crate::adapters::metrics::Metrics;
 use crate::app::clock::Clock;
 use crate::app::consumers::run_consumer;
 use crate::app::event_relay::EventPublisher;
-use crate::app::jobs::{daily_job, keep_statistics, refresh_gauges};
+use crate::app::jobs::{daily_job, keep_statistics, refresh_gauges, sweep_dead_letters};
 use crate::app::mail_relay::{DispatchSettings, Dispatcher};
 use crate::app::pipeline::Pipeline;
 use crate::app::retry::Retry;
@@ -183,6 +183,18 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         tokio::spawn(publisher.run(rx.clone()))
     });
+    let dead_letter_sweep = (args.dead_letter_sweep_interval_ms > 0
+        && args.dead_letter_retention_days > 0)
+        .then(|| {
+            tokio::spawn(sweep_dead_letters(
+                args.broker.amqp_url.expose().to_owned(),
+                args.broker.delivery_limit,
+                args.dead_letter_retention_days,
+                Duration::from_millis(args.dead_letter_sweep_interval_ms),
+                metrics.clone(),
+                rx.clone(),
+            ))
+        });
     let gauges = tokio::spawn(refresh_gauges(store.clone(), metrics.clone(), rx.clone()));
     let analyze = (args.db_analyze_interval_ms > 0).then(|| {
         tokio::spawn(keep_statistics(
@@ -222,6 +234,9 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         d.abort();
     }
     gauges.abort();
+    if let Some(s) = dead_letter_sweep {
+        s.abort();
+    }
     if let Some(a) = analyze {
         a.abort();
     }

@@ -182,6 +182,18 @@ pub struct RunArgs {
     /// Run the daily job (R9 intake) at start and just after local midnight.
     #[arg(long, env = "DAILY_JOB", default_value_t = true, action = clap::ArgAction::Set)]
     pub daily_job: bool,
+    /// Days a dead letter is kept (its body holds personal data, R12); the
+    /// worker drops older ones and warns a week ahead. 0 keeps them for ever.
+    #[arg(long, env = "DEAD_LETTER_RETENTION_DAYS", default_value_t = 30)]
+    pub dead_letter_retention_days: u32,
+    /// How often the worker sweeps the dead-letter queue for expired letters
+    /// (milliseconds); 0 turns the sweep off.
+    #[arg(
+        long,
+        env = "DEAD_LETTER_SWEEP_INTERVAL_MS",
+        default_value_t = 3_600_000
+    )]
+    pub dead_letter_sweep_interval_ms: u64,
     /// How often to look for tables whose planner statistics are stale and
     /// `ANALYZE` them (autovacuum's threshold); 0 turns it off.
     #[arg(long, env = "DB_ANALYZE_INTERVAL_MS", default_value_t = 5000)]

@@ -25,13 +25,13 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use las_contracts::{DEAD_LETTER_QUEUE, dead_letter};
-use serde::Serialize;
 use serde_json::Value;
 
 use super::{OutputFormat, json_line};
 use crate::adapters::amqp;
+use crate::adapters::amqp::dead_letters::{LetterInfo, describe, number, text};
 use crate::app::settings::BrokerArgs;
 
 #[derive(Debug, Clone, Subcommand)]
@@ -112,124 +112,9 @@ impl SelectArgs {
     }
 }
 
-/// What `dlq list` shows of a dead letter: metadata only, no body.
-#[derive(Debug, Clone, Serialize)]
-pub struct LetterInfo {
-    /// `x-las-message-id`, else the first 16 hex digits of the body's FNV-1a hash.
-    pub id: String,
-    pub message_id: Option<String>,
-    /// `worker` (x-las-* headers) or `broker` (x-death).
-    pub dead_lettered_by: &'static str,
-    pub reason_code: String,
-    pub reason: Option<String>,
-    pub original_exchange: Option<String>,
-    pub original_routing_key: Option<String>,
-    pub rejected_at: Option<String>,
-    /// Times the dead-letter queue handed the message out before (x-delivery-count).
-    pub deliveries: Option<i64>,
-    pub bytes: usize,
-}
-
 struct Letter {
     info: LetterInfo,
     delivery: Delivery,
-}
-
-/// FNV-1a, 64 bits: a stable id for a body without a message id.
-pub fn fnv1a64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-fn text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-fn number(v: &AMQPValue) -> Option<i64> {
-    match v {
-        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
-        _ => None,
-    }
-}
-
-fn header<'a>(h: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
-    h.inner().get(key)
-}
-
-/// Reads a dead letter's headers: the worker's `x-las-*`, else RabbitMQ's
-/// `x-death` (newest death first) and `x-first-death-*`.
-pub fn describe(headers: Option<&FieldTable>, routing_key: &str, body: &[u8]) -> LetterInfo {
-    let empty = FieldTable::default();
-    let h = headers.unwrap_or(&empty);
-    let las = |k: &str| header(h, k).and_then(text);
-    let death: Option<&FieldTable> = match header(h, "x-death") {
-        Some(AMQPValue::FieldArray(a)) => a.as_slice().iter().find_map(|v| match v {
-            AMQPValue::FieldTable(t) => Some(t),
-            _ => None,
-        }),
-        _ => None,
-    };
-    let death_text = |k: &str| death.and_then(|t| header(t, k)).and_then(text);
-    let message_id = las(dead_letter::MESSAGE_ID);
-    let by_worker = las(dead_letter::REASON_CODE).is_some();
-    let reason_code = las(dead_letter::REASON_CODE)
-        .or_else(|| death_text("reason"))
-        .or_else(|| las("x-first-death-reason"))
-        .unwrap_or_else(|| "unknown".to_owned());
-    let reason = las(dead_letter::REASON).or_else(|| {
-        death_text("queue")
-            .map(|q| format!("dead-lettered by RabbitMQ from queue {q} ({reason_code})"))
-    });
-    let original_exchange = las(dead_letter::ORIGINAL_EXCHANGE)
-        .or_else(|| death_text("exchange"))
-        .or_else(|| las("x-first-death-exchange"));
-    let death_key = death.and_then(|t| match header(t, "routing-keys") {
-        Some(AMQPValue::FieldArray(a)) => a.as_slice().iter().find_map(text),
-        _ => None,
-    });
-    let original_routing_key = las(dead_letter::ORIGINAL_ROUTING_KEY)
-        .or(death_key)
-        .or_else(|| (!routing_key.is_empty()).then(|| routing_key.to_owned()));
-    let rejected_at = las(dead_letter::REJECTED_AT).or_else(|| {
-        death
-            .and_then(|t| header(t, "time"))
-            .and_then(number)
-            .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
-            .map(|t| t.to_rfc3339())
-    });
-    LetterInfo {
-        id: message_id
-            .clone()
-            .unwrap_or_else(|| format!("{:016x}", fnv1a64(body))),
-        message_id,
-        dead_lettered_by: if by_worker || death.is_none() {
-            "worker"
-        } else {
-            "broker"
-        },
-        reason_code,
-        reason,
-        original_exchange,
-        original_routing_key,
-        rejected_at,
-        deliveries: header(h, "x-delivery-count").and_then(number),
-        bytes: body.len(),
-    }
 }
 
 /// Headers the replayed message must not carry: the dead-letter bookkeeping.
@@ -325,7 +210,11 @@ pub async fn run(cmd: &DlqCommand) -> anyhow::Result<ExitCode> {
 
 async fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
     let mut taken = take_all(&args.broker).await?;
-    let letters = std::mem::take(&mut taken.letters);
+    let mut letters = std::mem::take(&mut taken.letters);
+    let now = chrono::Utc::now();
+    for l in &mut letters {
+        l.info.age_days = l.info.age(now).map(|a| a.num_days());
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut shown = 0;
@@ -345,9 +234,12 @@ async fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
                 let i = &l.info;
                 writeln!(
                     out,
-                    "{}  {}  {}  {}  {}",
+                    "{}  {}  {}  {}  {}  {}",
                     i.id,
                     i.rejected_at.as_deref().unwrap_or("-"),
+                    i.age_days
+                        .map(|d| format!("{d}d"))
+                        .unwrap_or_else(|| "-".into()),
                     i.reason_code,
                     i.original_routing_key.as_deref().unwrap_or("-"),
                     i.reason.as_deref().unwrap_or("")
@@ -546,6 +438,8 @@ async fn purge(args: &SelectArgs) -> anyhow::Result<ExitCode> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::adapters::amqp::dead_letters::fnv1a64;
+    use lapin::types::AMQPValue;
     use lapin::types::{FieldArray, LongString, ShortString};
 
     fn ls(v: &str) -> AMQPValue {

@@ -20,6 +20,7 @@ use lapin::{Connection, ConnectionProperties};
 use las_contracts::{CHANGES_QUEUE, PORTAL_QUEUE};
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod publish;
 pub mod topology;
 

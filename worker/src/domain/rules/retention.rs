@@ -30,6 +30,39 @@ pub fn guardian_follows_students(status: Status, deactivation_reason: Option<&st
 /// Deactivation reason of a guardian whose students were all removed (R12).
 pub const ALL_STUDENTS_REMOVED: &str = "all_students_removed";
 
+/// Where a dead letter stands against its term (R12: a dead letter is a
+/// copy of a message, personal data included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterTerm {
+    /// Past the term: dropped.
+    Expired,
+    /// Within a week of its term: an operator is warned (a metric).
+    Expiring,
+    Kept,
+}
+
+/// Days before the term from which a dead letter counts as expiring.
+pub const DEAD_LETTER_WARNING_DAYS: i64 = 7;
+
+/// A dead letter `age` old against a term of `term_days` (0: kept for ever).
+/// One without a known age is kept: nothing is dropped on a guess.
+pub fn dead_letter_term(age: Option<chrono::Duration>, term_days: u32) -> DeadLetterTerm {
+    let Some(age) = age else {
+        return DeadLetterTerm::Kept;
+    };
+    if term_days == 0 {
+        return DeadLetterTerm::Kept;
+    }
+    let term = chrono::Duration::days(i64::from(term_days));
+    if age > term {
+        DeadLetterTerm::Expired
+    } else if age > term - chrono::Duration::days(DEAD_LETTER_WARNING_DAYS) {
+        DeadLetterTerm::Expiring
+    } else {
+        DeadLetterTerm::Kept
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -61,6 +94,30 @@ mod tests {
         assert!(
             !guardian_follows_students(Deactivated, Some("removed_in_las")),
             "R12: a guardian the LAS removed stays removed"
+        );
+    }
+
+    #[test]
+    fn r12_dead_letters_are_dropped_after_their_term_and_warned_a_week_before() {
+        let d = |n: i64| Some(chrono::Duration::days(n));
+        assert_eq!(dead_letter_term(d(31), 30), DeadLetterTerm::Expired);
+        assert_eq!(dead_letter_term(d(29), 30), DeadLetterTerm::Expiring);
+        assert_eq!(dead_letter_term(d(24), 30), DeadLetterTerm::Expiring);
+        assert_eq!(
+            dead_letter_term(d(23), 30),
+            DeadLetterTerm::Kept,
+            "exactly a week before its term"
+        );
+
+        assert_eq!(
+            dead_letter_term(d(400), 0),
+            DeadLetterTerm::Kept,
+            "0 keeps them"
+        );
+        assert_eq!(
+            dead_letter_term(None, 30),
+            DeadLetterTerm::Kept,
+            "no date: never dropped on a guess"
         );
     }
 }
