@@ -105,7 +105,10 @@ pub async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch:
 /// R12: dead letters hold message bodies, personal data included; the ones
 /// past `term_days` are dropped, and those within a week of it counted, so an
 /// operator is warned before anything is dropped. Every replica may sweep:
-/// each drops what it took and gives the rest back.
+/// each drops what it took and gives the rest back. The first sweep comes one
+/// interval after start, not at start: a sweep holds the letters for a
+/// moment, and an operator's `dlq` command right after a deployment should
+/// see them all.
 pub async fn sweep_dead_letters(
     url: String,
     delivery_limit: i64,
@@ -115,6 +118,10 @@ pub async fn sweep_dead_letters(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
         match crate::adapters::amqp::dead_letters::sweep(
             &url,
             delivery_limit,
@@ -134,10 +141,6 @@ pub async fn sweep_dead_letters(
                 }
             }
             Err(e) => warn!(error = %e, "dead-letter sweep failed; the next one tries again"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait_for(|v| *v) => return,
         }
     }
 }
