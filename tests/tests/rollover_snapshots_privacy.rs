@@ -23,6 +23,26 @@ fn student(brin: &str, env: &str, key: &str, v: u64, snapshot: Option<uuid::Uuid
     m
 }
 
+/// A suggestion of guardian `guardian` (with a made-up edit) and one e-mail
+/// per status about it, naming `child`, not due to be sent yet: what a
+/// purge or an erasure must leave without names.
+async fn suggestion_emails_naming(env: &TestEnv, guardian: &str, child: &str, statuses: &[&str]) {
+    sqlx::query(
+        "WITH s AS (
+             INSERT INTO suggestions (school_id, message_id, guardian_profile_id, edited_at)
+             SELECT school_id, gen_random_uuid(), id, now() FROM profiles WHERE las_key = $1 RETURNING id, school_id)
+         INSERT INTO email_outbox (school_id, suggestion_id, to_address, subject, body_text, body_html, idempotency_key, status, next_attempt_at)
+         SELECT school_id, id, 'juf@school.example', 'Wijziging van Ouder', 'Ouder van ' || $2, '<p>' || $2 || '</p>', gen_random_uuid(), st, now() + interval '1 day'
+         FROM s, unnest($3::text[]) st",
+    )
+    .bind(guardian)
+    .bind(child)
+    .bind(statuses)
+    .execute(&env.db)
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn r11_rollover_unlinks_items_deletes_closed_year_records_once_and_leaves_other_schools() {
     let env = TestEnv::start().await;
@@ -556,17 +576,7 @@ async fn r12_the_purge_is_complete_final_and_repeatable() {
         .execute(&env.db)
         .await
         .unwrap();
-    sqlx::query(
-        "WITH s AS (
-             INSERT INTO suggestions (school_id, message_id, guardian_profile_id, edited_at)
-             SELECT school_id, gen_random_uuid(), id, now() FROM profiles WHERE las_key = 'G1' RETURNING id, school_id)
-         INSERT INTO email_outbox (school_id, suggestion_id, to_address, subject, body_text, body_html, idempotency_key, status, next_attempt_at)
-         SELECT school_id, id, 'juf@school.example', 'Wijziging van Ouder', 'Ouder van Vertrokken Kind', '<p>Vertrokken Kind</p>', gen_random_uuid(), st, now() + interval '1 day'
-         FROM s, unnest(ARRAY['sent', 'pending']) st",
-    )
-    .execute(&env.db)
-    .await
-    .unwrap();
+    suggestion_emails_naming(&env, "G1", "Vertrokken Kind", &["sent", "pending"]).await;
     env.publish(&[change(
         "12AB",
         parnassys(P),
@@ -818,16 +828,7 @@ async fn r12_a_profile_is_erased_on_request_and_returns_only_with_a_newer_record
         .execute(&env.db)
         .await
         .unwrap();
-    sqlx::query(
-        "WITH s AS (
-             INSERT INTO suggestions (school_id, message_id, guardian_profile_id, edited_at)
-             SELECT school_id, gen_random_uuid(), id, now() FROM profiles WHERE las_key = 'G1' RETURNING id, school_id)
-         INSERT INTO email_outbox (school_id, suggestion_id, to_address, subject, body_text, body_html, idempotency_key, next_attempt_at)
-         SELECT school_id, id, 'juf@school.example', 'Wijziging', 'Ouder van Wis Mij', '<p>Wis Mij</p>', gen_random_uuid(), now() + interval '1 day' FROM s",
-    )
-    .execute(&env.db)
-    .await
-    .unwrap();
+    suggestion_emails_naming(&env, "G1", "Wis Mij", &["pending"]).await;
 
     let args = [
         "profile",

@@ -22,16 +22,13 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Subcommand};
 use lapin::Confirmation;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use las_contracts::{DEAD_LETTER_QUEUE, dead_letter};
 use serde_json::Value;
 
 use super::{OutputFormat, json_line};
-use crate::adapters::amqp;
-use crate::adapters::amqp::dead_letters::{LetterInfo, describe, number, text};
+use crate::adapters::amqp::dead_letters::{self, Letter, Taken, number, text};
 use crate::app::settings::BrokerArgs;
 
 #[derive(Debug, Clone, Subcommand)]
@@ -112,11 +109,6 @@ impl SelectArgs {
     }
 }
 
-struct Letter {
-    info: LetterInfo,
-    delivery: Delivery,
-}
-
 /// Headers the replayed message must not carry: the dead-letter bookkeeping.
 fn is_dead_letter_header(key: &str) -> bool {
     key.starts_with("x-las-")
@@ -153,49 +145,13 @@ fn replayed_properties(d: &Delivery) -> lapin::BasicProperties {
     props.with_headers(headers)
 }
 
-/// A connection holding every dead letter, unacknowledged.
-struct Taken {
-    conn: lapin::Connection,
-    ch: lapin::Channel,
-    letters: Vec<Letter>,
-}
-
 async fn take_all(broker: &BrokerArgs) -> anyhow::Result<Taken> {
-    let conn = amqp::connect(broker.amqp_url.expose(), "las-worker dlq").await?;
-    let ch = conn.create_channel().await?;
-    amqp::declare_topology(&ch, broker.delivery_limit).await?;
-    let mut letters = Vec::new();
-    while let Some(m) = ch
-        .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: false })
-        .await?
-    {
-        let d = m.delivery;
-        let info = describe(
-            d.properties.headers().as_ref(),
-            d.routing_key.as_str(),
-            &d.data,
-        );
-        letters.push(Letter { info, delivery: d });
-    }
-    Ok(Taken { conn, ch, letters })
-}
-
-impl Taken {
-    /// Gives the letters back to the queue and closes the connection.
-    async fn release(self, letters: Vec<Letter>) -> anyhow::Result<()> {
-        for l in &letters {
-            l.delivery
-                .acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await?;
-        }
-        let _ = self.ch.close(200, "done".into()).await;
-        let _ = self.conn.close(200, "done".into()).await;
-        Ok(())
-    }
+    Ok(dead_letters::take_all(
+        broker.amqp_url.expose(),
+        broker.delivery_limit,
+        "las-worker dlq",
+    )
+    .await?)
 }
 
 /// Runs a `dlq` command.
@@ -438,64 +394,9 @@ async fn purge(args: &SelectArgs) -> anyhow::Result<ExitCode> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::adapters::amqp::dead_letters::fnv1a64;
-    use lapin::types::AMQPValue;
-    use lapin::types::{FieldArray, LongString, ShortString};
-
-    fn ls(v: &str) -> AMQPValue {
-        AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
-    }
 
     #[test]
-    fn fnv_is_stable() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-    }
-
-    #[test]
-    fn worker_headers() {
-        let mut h = FieldTable::default();
-        h.insert(ShortString::from("x-las-reason-code"), ls("unknown_brin"));
-        h.insert(
-            ShortString::from("x-las-original-exchange"),
-            ls("las.changes"),
-        );
-        h.insert(
-            ShortString::from("x-las-original-routing-key"),
-            ls("las.99ZZ.student.upserted"),
-        );
-        h.insert(ShortString::from("x-las-message-id"), ls("m-1"));
-        let i = describe(Some(&h), "las.99ZZ.student.upserted", b"{}");
-        assert_eq!(i.id, "m-1");
-        assert_eq!(i.reason_code, "unknown_brin");
-        assert_eq!(i.dead_lettered_by, "worker");
-        assert_eq!(i.original_exchange.as_deref(), Some("las.changes"));
-    }
-
-    #[test]
-    fn broker_x_death() {
-        let mut death = FieldTable::default();
-        death.insert("reason".into(), ls("delivery_limit"));
-        death.insert("queue".into(), ls("las-worker.changes"));
-        death.insert("exchange".into(), ls("las.changes"));
-        let mut keys = FieldArray::default();
-        keys.push(ls("las.12AB.student.upserted"));
-        death.insert("routing-keys".into(), AMQPValue::FieldArray(keys));
-        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
-        let mut arr = FieldArray::default();
-        arr.push(AMQPValue::FieldTable(death));
-        let mut h = FieldTable::default();
-        h.insert("x-death".into(), AMQPValue::FieldArray(arr));
-        let i = describe(Some(&h), "", b"body");
-        assert_eq!(i.reason_code, "delivery_limit");
-        assert_eq!(i.dead_lettered_by, "broker");
-        assert_eq!(i.original_exchange.as_deref(), Some("las.changes"));
-        assert_eq!(
-            i.original_routing_key.as_deref(),
-            Some("las.12AB.student.upserted")
-        );
-        assert_eq!(i.id, format!("{:016x}", fnv1a64(b"body")));
-        assert!(i.rejected_at.is_some());
+    fn dead_letter_bookkeeping_is_not_replayed() {
         assert!(is_dead_letter_header("x-death") && !is_dead_letter_header("traceparent"));
     }
 

@@ -382,17 +382,7 @@ pub fn release_guardians(
                 .entry((ProfileKind::Guardian.as_str(), change.label()))
                 .or_default() += 1;
         }
-        for e in g.events.take() {
-            effects.events.push(
-                e.event_type,
-                &e.brin,
-                e.message_id,
-                e.entity_kind.as_deref(),
-                e.las_key.as_deref(),
-                e.changed_fields,
-                e.reason,
-            );
-        }
+        effects.events.append(&mut g.events);
     }
 }
 

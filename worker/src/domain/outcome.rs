@@ -126,6 +126,11 @@ impl Events {
         self.rows.is_empty()
     }
 
+    /// Moves `other`'s events to the end of this list, in their order.
+    pub fn append(&mut self, other: &mut Events) {
+        self.rows.append(&mut other.rows);
+    }
+
     /// The events in order, leaving this list empty (the outbox took them).
     pub fn take(&mut self) -> Vec<EventIntent> {
         std::mem::take(&mut self.rows)

@@ -2,8 +2,10 @@
 //! sweep that drops the ones past their term (R12: message bodies carry
 //! personal data; `DEAD_LETTER_RETENTION_DAYS`).
 
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
 use las_contracts::{DEAD_LETTER_QUEUE, dead_letter};
 use serde::Serialize;
 
@@ -138,32 +140,26 @@ pub fn describe(headers: Option<&FieldTable>, routing_key: &str, body: &[u8]) ->
     }
 }
 
-/// What one sweep of the dead-letter queue found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sweep {
-    /// Dropped: past their term.
-    pub expired: u64,
-    /// Kept, but due within the warning window.
-    pub expiring: u64,
-    /// Kept.
-    pub kept: u64,
-    /// Age of the oldest one kept, in seconds.
-    pub oldest_age_seconds: i64,
+/// A dead letter taken from the queue, not acknowledged yet.
+pub struct Letter {
+    pub info: LetterInfo,
+    pub delivery: Delivery,
 }
 
-/// Takes every dead letter, drops those past `term_days` (acknowledged, so
-/// gone) and gives the others back. A dead letter without a date is kept.
-pub async fn sweep(
-    url: &str,
-    delivery_limit: i64,
-    now: chrono::DateTime<chrono::Utc>,
-    term_days: u32,
-) -> Result<Sweep, BusError> {
-    let conn = connect(url, "las-worker dead-letter sweep").await?;
+/// A connection holding every dead letter, unacknowledged: `dlq` commands
+/// and the sweep take them all, act on some and give the rest back.
+pub struct Taken {
+    pub conn: Connection,
+    pub ch: Channel,
+    pub letters: Vec<Letter>,
+}
+
+/// Takes every dead letter with `basic.get` (not acknowledged) on one channel.
+pub async fn take_all(url: &str, delivery_limit: i64, name: &str) -> Result<Taken, BusError> {
+    let conn = connect(url, name).await?;
     let ch = conn.create_channel().await?;
     declare_topology(&ch, delivery_limit).await?;
-    let mut out = Sweep::default();
-    let mut keep = Vec::new();
+    let mut letters = Vec::new();
     while let Some(m) = ch
         .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: false })
         .await?
@@ -174,33 +170,125 @@ pub async fn sweep(
             d.routing_key.as_str(),
             &d.data,
         );
-        let age = info.age(now);
-        match dead_letter_term(age, term_days) {
+        letters.push(Letter { info, delivery: d });
+    }
+    Ok(Taken { conn, ch, letters })
+}
+
+impl Taken {
+    /// Gives the letters back to the queue and closes the connection.
+    pub async fn release(self, letters: Vec<Letter>) -> Result<(), BusError> {
+        for l in &letters {
+            l.delivery
+                .acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await?;
+        }
+        let _ = self.ch.close(200, "done".into()).await;
+        let _ = self.conn.close(200, "done".into()).await;
+        Ok(())
+    }
+}
+
+/// What one sweep of the dead-letter queue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Dropped: past their term.
+    pub expired: u64,
+    /// Kept, but due within the warning window.
+    pub expiring: u64,
+}
+
+/// Takes every dead letter, drops those past `term_days` (acknowledged, so
+/// gone) and gives the others back. A dead letter without a date is kept.
+pub async fn sweep(
+    url: &str,
+    delivery_limit: i64,
+    now: chrono::DateTime<chrono::Utc>,
+    term_days: u32,
+) -> Result<Sweep, BusError> {
+    let mut taken = take_all(url, delivery_limit, "las-worker dead-letter sweep").await?;
+    let mut out = Sweep::default();
+    let mut keep = Vec::new();
+    for l in std::mem::take(&mut taken.letters) {
+        match dead_letter_term(l.info.age(now), term_days) {
             DeadLetterTerm::Expired => {
-                d.acker.ack(BasicAckOptions::default()).await?;
+                l.delivery.acker.ack(BasicAckOptions::default()).await?;
                 out.expired += 1;
             }
-            state => {
-                if state == DeadLetterTerm::Expiring {
-                    out.expiring += 1;
-                }
-                out.kept += 1;
-                out.oldest_age_seconds = out
-                    .oldest_age_seconds
-                    .max(age.map(|a| a.num_seconds()).unwrap_or(0));
-                keep.push(d);
+            DeadLetterTerm::Expiring => {
+                out.expiring += 1;
+                keep.push(l);
             }
+            DeadLetterTerm::Kept => keep.push(l),
         }
     }
-    for d in keep {
-        d.acker
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await?;
-    }
-    let _ = ch.close(200, "done".into()).await;
-    let _ = conn.close(200, "done".into()).await;
+    taken.release(keep).await?;
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, LongString, ShortString};
+
+    fn ls(v: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn worker_headers() {
+        let mut h = FieldTable::default();
+        h.insert(ShortString::from("x-las-reason-code"), ls("unknown_brin"));
+        h.insert(
+            ShortString::from("x-las-original-exchange"),
+            ls("las.changes"),
+        );
+        h.insert(
+            ShortString::from("x-las-original-routing-key"),
+            ls("las.99ZZ.student.upserted"),
+        );
+        h.insert(ShortString::from("x-las-message-id"), ls("m-1"));
+        let i = describe(Some(&h), "las.99ZZ.student.upserted", b"{}");
+        assert_eq!(i.id, "m-1");
+        assert_eq!(i.reason_code, "unknown_brin");
+        assert_eq!(i.dead_lettered_by, "worker");
+        assert_eq!(i.original_exchange.as_deref(), Some("las.changes"));
+    }
+
+    #[test]
+    fn broker_x_death() {
+        let mut death = FieldTable::default();
+        death.insert("reason".into(), ls("delivery_limit"));
+        death.insert("queue".into(), ls("las-worker.changes"));
+        death.insert("exchange".into(), ls("las.changes"));
+        let mut keys = FieldArray::default();
+        keys.push(ls("las.12AB.student.upserted"));
+        death.insert("routing-keys".into(), AMQPValue::FieldArray(keys));
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let mut arr = FieldArray::default();
+        arr.push(AMQPValue::FieldTable(death));
+        let mut h = FieldTable::default();
+        h.insert("x-death".into(), AMQPValue::FieldArray(arr));
+        let i = describe(Some(&h), "", b"body");
+        assert_eq!(i.reason_code, "delivery_limit");
+        assert_eq!(i.dead_lettered_by, "broker");
+        assert_eq!(i.original_exchange.as_deref(), Some("las.changes"));
+        assert_eq!(
+            i.original_routing_key.as_deref(),
+            Some("las.12AB.student.upserted")
+        );
+        assert_eq!(i.id, format!("{:016x}", fnv1a64(b"body")));
+        assert!(i.rejected_at.is_some());
+    }
 }
