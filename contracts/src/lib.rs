@@ -412,8 +412,107 @@ pub struct PortalLinkV1 {
     /// addresses and unpublished phones are never imported (R3, privacy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staff_phones: Option<Vec<StaffPhone>>,
+    /// Added in v1.3: how LAS records are coupled to portal profiles that
+    /// have no LAS key yet (R13, go-live): `auto` (default) couples an
+    /// unambiguous match; `review` never couples by itself, every match waits
+    /// for the school's decision (`portal.coupling.v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupling: Option<CouplingMode>,
     #[serde(default)]
     pub emitted_at: Option<DateTime<Utc>>,
+}
+
+/// R13: how a school couples LAS records to its existing portal profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CouplingMode {
+    /// Couple an unambiguous match (same school, kind and e-mail, or for a
+    /// student the same birth date and name) by itself.
+    #[default]
+    Auto,
+    /// Never couple by itself: a LAS record with a matching portal profile
+    /// waits for the school's decision.
+    Review,
+}
+
+impl CouplingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CouplingMode::Auto => "auto",
+            CouplingMode::Review => "review",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CouplingMode> {
+        match s {
+            "auto" => Some(CouplingMode::Auto),
+            "review" => Some(CouplingMode::Review),
+            _ => None,
+        }
+    }
+}
+
+/// The schema id of a coupling decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CouplingSchema {
+    #[serde(rename = "portal.coupling.v1")]
+    V1,
+}
+
+/// What the school decided about a LAS record (R13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CouplingAction {
+    /// Couple the waiting LAS record to the portal profile
+    /// `portal_profile_id` (same school, same kind, not coupled yet): the LAS
+    /// record is applied to it (R1-R5), its portal-only data and role stay.
+    Couple,
+    /// Make a new portal profile for the waiting LAS record.
+    Create,
+    /// Undo a wrong coupling: the portal profile keeps its data but loses the
+    /// LAS key; the LAS record waits for a decision again.
+    Uncouple,
+}
+
+impl CouplingAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CouplingAction::Couple => "couple",
+            CouplingAction::Create => "create",
+            CouplingAction::Uncouple => "uncouple",
+        }
+    }
+}
+
+/// Added in contract v1.3. The school's decision about a LAS record that
+/// waits to be coupled (the portal's "Niet gekoppelde profielen" screen, or
+/// the support desk's `las-worker profiles couple|create|uncouple`), R13.
+///
+/// Routing key: `portal.<brin>.coupling`. A refused decision (a profile of
+/// another school or kind, one already coupled, a LAS record that does not
+/// wait) is dead-lettered with reason `coupling_refused`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "portal.coupling.v1")]
+pub struct CouplingV1 {
+    pub schema: CouplingSchema,
+    pub message_id: Uuid,
+    #[schemars(regex(pattern = r"^[0-9]{2}[A-Z0-9]{2}$"))]
+    pub brin: String,
+    pub action: CouplingAction,
+    /// `student`, `guardian` or `staff`.
+    pub entity_kind: String,
+    /// The LAS record's key.
+    pub las_key: String,
+    /// The portal profile to couple to (`couple` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal_profile_id: Option<i64>,
+    #[serde(default)]
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// The routing key a coupling decision is published with.
+pub fn coupling_routing_key(msg: &CouplingV1) -> String {
+    format!("portal.{}.coupling", msg.brin)
 }
 
 /// A staff phone number a school may publish to parents.
@@ -504,6 +603,13 @@ pub enum SyncEventType {
     ProfileMovedFromIntake,
     #[serde(rename = "group.created")]
     GroupCreated,
+    /// Added in v1.3: a LAS record was coupled to an existing portal profile
+    /// (R13; `reason` `auto` or `manual`, `portal_profile_id` says which).
+    #[serde(rename = "profile.coupled")]
+    ProfileCoupled,
+    /// Added in v1.3: a coupling was undone; the LAS record waits again (R13).
+    #[serde(rename = "profile.uncoupled")]
+    ProfileUncoupled,
     #[serde(rename = "message.rejected")]
     MessageRejected,
 }
@@ -517,6 +623,8 @@ impl SyncEventType {
             SyncEventType::ProfileReactivated => "profile.reactivated",
             SyncEventType::ProfileMovedFromIntake => "profile.moved_from_intake",
             SyncEventType::GroupCreated => "group.created",
+            SyncEventType::ProfileCoupled => "profile.coupled",
+            SyncEventType::ProfileUncoupled => "profile.uncoupled",
             SyncEventType::MessageRejected => "message.rejected",
         }
     }
@@ -546,9 +654,14 @@ pub struct SyncEventV1 {
     #[serde(default)]
     pub changed_fields: Vec<String>,
     /// Why, for profile.deactivated (`removed_in_las`, `all_students_removed`,
-    /// `missing_from_snapshot`) and message.rejected (a reason code).
+    /// `missing_from_snapshot`) and message.rejected (a reason code);
+    /// `auto` or `manual` for profile.coupled.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Added in v1.3: the portal profile's id, for profile.coupled and
+    /// profile.uncoupled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal_profile_id: Option<i64>,
 }
 
 /// The routing key a parent edit is published with.
@@ -606,6 +719,10 @@ pub enum RejectReason {
     Unsupported,
     /// The database refused the change (a constraint); the message is kept for a person to look at.
     DatabaseRejected,
+    /// Added in v1.3: a coupling decision the worker cannot carry out (R13):
+    /// a profile of another school or kind, one already coupled, or a LAS
+    /// record that does not wait for a decision.
+    CouplingRefused,
 }
 
 impl RejectReason {
@@ -621,10 +738,11 @@ impl RejectReason {
             RejectReason::RelinkRefused => "relink_refused",
             RejectReason::Unsupported => "unsupported",
             RejectReason::DatabaseRejected => "database_rejected",
+            RejectReason::CouplingRefused => "coupling_refused",
         }
     }
 
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::InvalidJson,
         RejectReason::UnknownSchema,
         RejectReason::ValidationFailed,
@@ -635,6 +753,7 @@ impl RejectReason {
         RejectReason::RelinkRefused,
         RejectReason::Unsupported,
         RejectReason::DatabaseRejected,
+        RejectReason::CouplingRefused,
     ];
 }
 
@@ -671,6 +790,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("las.change.v1", schemars::schema_for!(LasChangeV1)),
         ("portal.link.v1", schemars::schema_for!(PortalLinkV1)),
         ("portal.parent_edit.v1", schemars::schema_for!(ParentEditV1)),
+        ("portal.coupling.v1", schemars::schema_for!(CouplingV1)),
         ("las.sync_event.v1", schemars::schema_for!(SyncEventV1)),
         ("reject-reason.v1", reject_reason),
     ]

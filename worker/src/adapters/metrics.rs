@@ -53,6 +53,11 @@ pub struct Metrics {
     pub snapshots: IntCounterVec,
     /// R12: full snapshots held for an operator right now.
     pub snapshots_held: IntGauge,
+    /// R13: couplings of LAS records to portal profiles, by outcome (auto,
+    /// manual, waiting, created, uncoupled).
+    pub couplings: IntCounterVec,
+    /// R13: LAS records waiting for a school's coupling decision right now.
+    pub coupling_waits: IntGauge,
     /// R12: profiles whose personal data was purged after the retention period.
     pub purged: prometheus::IntCounter,
     /// R12: dead letters dropped after DEAD_LETTER_RETENTION_DAYS.
@@ -235,6 +240,20 @@ impl Metrics {
             "Full snapshots (R12) by outcome: applied, held, released, discarded.",
             &["outcome"],
         );
+        let couplings = counter(
+            &registry,
+            "las_couplings_total",
+            "R13 couplings of LAS records to existing portal profiles, by outcome: auto, manual, waiting, created, uncoupled.",
+            &["outcome"],
+        );
+        let coupling_waits = IntGauge::with_opts(Opts::new(
+            "las_coupling_waits",
+            "R13: LAS records waiting for a school's coupling decision.",
+        ))
+        .unwrap_or_else(|e| panic!("metric las_coupling_waits: {e}"));
+        registry
+            .register(Box::new(coupling_waits.clone()))
+            .unwrap_or_else(|e| panic!("metric las_coupling_waits: {e}"));
         let snapshots_held = IntGauge::with_opts(Opts::new("las_snapshots_held", "Full snapshots held by the deletion guard or a count mismatch, waiting for an operator."))
             .unwrap_or_else(|e| panic!("metric las_snapshots_held: {e}"));
         registry
@@ -311,6 +330,8 @@ impl Metrics {
             rollover,
             snapshots,
             snapshots_held,
+            couplings,
+            coupling_waits,
             purged,
             dead_letters_expired,
             dead_letters_expiring,
@@ -325,6 +346,9 @@ impl Metrics {
     pub fn init_series(&self) {
         for r in las_contracts::RejectReason::ALL {
             self.dead_letters.with_label_values(&[r.as_str()]);
+        }
+        for o in ["auto", "manual", "waiting", "created", "uncoupled"] {
+            self.couplings.with_label_values(&[o]);
         }
         for c in ["database", "broker"] {
             self.retries.with_label_values(&[c]);

@@ -79,7 +79,8 @@ pub async fn keep_statistics(store: Store, every: Duration, mut shutdown: watch:
 }
 
 /// Gauges that describe the database rather than this process: held
-/// snapshots and the e-mail outbox, refreshed every 15 s.
+/// snapshots, the e-mail outbox and the LAS records waiting to be coupled,
+/// refreshed every 15 s.
 pub async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
     loop {
         if let Ok(n) = store.held_snapshots().await {
@@ -87,6 +88,9 @@ pub async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch:
         }
         if let Ok(n) = store.outbox_depth().await {
             metrics.outbox_depth.set(n);
+        }
+        if let Ok(n) = store.coupling_waits().await {
+            metrics.coupling_waits.set(n);
         }
         // Per-school staleness survives restarts: the database knows the last sync.
         if let Ok(rows) = store.last_syncs().await {

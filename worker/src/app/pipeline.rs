@@ -250,6 +250,9 @@ impl Pipeline {
         m.snapshots
             .with_label_values(&["held"])
             .inc_by(effects.snapshots_held);
+        for (outcome, n) in &effects.couplings {
+            m.couplings.with_label_values(&[outcome]).inc_by(*n);
+        }
         let now = chrono::Utc::now().timestamp();
         for brin in &effects.schools_synced {
             self.metrics.last_sync.with_label_values(&[brin]).set(now);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use las_contracts::CouplingAction;
 use tracing::info;
 
 use crate::adapters::telemetry::LogFormat;
@@ -129,13 +130,69 @@ pub enum Command {
     /// Inspect, replay and purge dead letters (queue las-worker.dead-letter).
     #[command(subcommand)]
     Dlq(crate::cli::dlq::DlqCommand),
-    /// One profile on request: the right to erasure (AVG art. 17).
-    #[command(subcommand)]
+    /// Profiles: coupling LAS records to existing portal profiles (R13,
+    /// go-live) and the right to erasure (AVG art. 17).
+    #[command(subcommand, visible_alias = "profiles")]
     Profile(ProfileCommand),
+}
+
+/// The LAS record a coupling decision is about (R13).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CouplingRecordArgs {
+    #[arg(long)]
+    pub brin: String,
+    #[arg(long, value_parser = ["student", "guardian", "staff"])]
+    pub kind: String,
+    #[arg(long)]
+    pub las_key: String,
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ProfileCommand {
+    /// R13, "Niet gekoppelde profielen": the school's LAS records that wait
+    /// for a coupling decision (kind, key, why, the matching portal profiles)
+    /// and its portal profiles no LAS record has claimed (never synced), as JSON.
+    #[command(
+        after_help = "Example:\n  las-worker profiles unlinked --brin 12AB\n\nExit codes: 0 printed, 1 no such school, 2 error."
+    )]
+    Unlinked {
+        #[arg(long)]
+        brin: String,
+    },
+    /// R13: couple a waiting LAS record to an existing portal profile (same
+    /// school and kind, not coupled yet): the LAS record is applied to it,
+    /// its portal-only data and role stay. The same as a portal.coupling.v1
+    /// message with action `couple`.
+    #[command(
+        after_help = "Example:\n  las-worker profiles couple --brin 12AB --kind guardian --las-key O2001 --profile-id 42\n\nExit codes: 0 coupled, 1 refused (the reason is printed), 2 error."
+    )]
+    Couple {
+        #[command(flatten)]
+        record: CouplingRecordArgs,
+        /// The portal profile's id.
+        #[arg(long)]
+        profile_id: i64,
+    },
+    /// R13: give a waiting LAS record a new portal profile.
+    #[command(
+        after_help = "Example:\n  las-worker profiles create --brin 12AB --kind student --las-key L1001\n\nExit codes: 0 created, 1 refused, 2 error."
+    )]
+    Create {
+        #[command(flatten)]
+        record: CouplingRecordArgs,
+    },
+    /// R13: undo a wrong coupling. The portal profile keeps its data and role
+    /// but loses the LAS key; the LAS record waits for a decision again.
+    #[command(
+        after_help = "Example:\n  las-worker profiles uncouple --brin 12AB --kind guardian --las-key O2001\n\nExit codes: 0 uncoupled, 1 refused, 2 error."
+    )]
+    Uncouple {
+        #[command(flatten)]
+        record: CouplingRecordArgs,
+        /// Only when the LAS record is coupled to this portal profile.
+        #[arg(long)]
+        profile_id: Option<i64>,
+    },
     /// Erase a profile's personal data now, with every copy (suggestions,
     /// e-mails), and deactivate it; the change journal keeps that it happened,
     /// without the data. The LAS brings the profile back only with a newer
@@ -298,6 +355,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             explain::journal(store.pool(), &cmd).await
         }
         Command::Dlq(cmd) => dlq::run(&cmd).await,
+        Command::Profile(ProfileCommand::Unlinked { brin }) => profiles::unlinked(db, &brin).await,
+        Command::Profile(ProfileCommand::Couple { record, profile_id }) => {
+            profiles::decide(db, &record, CouplingAction::Couple, Some(profile_id)).await
+        }
+        Command::Profile(ProfileCommand::Create { record }) => {
+            profiles::decide(db, &record, CouplingAction::Create, None).await
+        }
+        Command::Profile(ProfileCommand::Uncouple { record, profile_id }) => {
+            profiles::decide(db, &record, CouplingAction::Uncouple, profile_id).await
+        }
         Command::Profile(ProfileCommand::Erase {
             brin,
             kind,

@@ -79,6 +79,10 @@ pub struct ConfigureArgs {
     /// (`phone,mobile`) or `none` (the default). Others are never imported.
     #[arg(long, value_name = "phone,mobile|none", value_parser = parse_staff_phones)]
     pub staff_phones: Option<StaffPhones>,
+    /// R13: couple LAS records to existing portal profiles by an unambiguous
+    /// match (`auto`, the default) or only by the school's decision (`review`).
+    #[arg(long, value_parser = ["auto", "review"])]
+    pub coupling: Option<String>,
 }
 
 /// `las-worker school ...`.
@@ -162,6 +166,7 @@ pub fn link_message(args: &ConfigureArgs, current: Option<&SchoolView>) -> serde
             Some(StaffPhones(p)) => p.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>(),
             None => current.map(|c| c.staff_phones.clone()).unwrap_or_default(),
         },
+        "coupling": args.coupling.clone().or_else(|| current.map(|c| c.coupling.clone())),
         "emitted_at": chrono::Utc::now(),
     })
 }
@@ -260,6 +265,7 @@ mod tests {
             retention_days: 100,
             snapshot_guard_percent: 20,
             staff_phones: vec!["mobile".into()],
+            coupling: "review".into(),
             group_mapping: serde_json::json!([]),
             first_run_at: None,
             last_sync_at: None,
@@ -276,6 +282,9 @@ mod tests {
             "kept, not reset to the default"
         );
         assert_eq!(m["staff_phones"], serde_json::json!(["mobile"]));
+        assert_eq!(m["coupling"], "review", "kept");
+        let m = link_message(&args(&["--coupling", "auto"]), Some(&cur));
+        assert_eq!(m["coupling"], "auto");
         let m = link_message(&args(&["--intake-weeks-ahead", "off"]), Some(&cur));
         assert!(m["intake_weeks_ahead"].is_null());
         let m = link_message(&args(&["--staff-phones", "none"]), Some(&cur));

@@ -107,6 +107,12 @@ pub struct ProfileSlot {
     pub message_id: Option<Uuid>,
     /// Inserted by this batch with its final values (no update needed).
     pub inserted: bool,
+    /// R13: this batch couples the LAS key to this existing portal profile,
+    /// `auto` (an unambiguous match) or `manual` (the school's decision).
+    pub coupled: Option<&'static str>,
+    /// R13: a decision that goes before the rules' decisions of the first
+    /// message applied to this slot (coupled, create decided).
+    pub lead_decision: Option<Decision>,
 }
 
 impl ProfileSlot {
@@ -122,6 +128,8 @@ impl ProfileSlot {
             removed: false,
             message_id: None,
             inserted: false,
+            coupled: None,
+            lead_decision: None,
         }
     }
 
@@ -188,10 +196,13 @@ pub fn fold_profiles(
             Outcome::Applied(applied) => {
                 let Applied {
                     profile,
-                    decisions,
+                    mut decisions,
                     group_keys,
                     student_keys,
                 } = *applied;
+                if let Some(lead) = slot.lead_decision.take() {
+                    decisions.insert(0, lead);
+                }
                 journal.push(
                     *school_id,
                     c.message_id,
@@ -280,6 +291,23 @@ pub fn profile_events(
 ) {
     let Some(state) = &slot.state else { return };
     use SyncEventType as E;
+    // R13: a coupled profile is new to other services under its LAS key:
+    // `profile.coupled` says which portal profile it is (ids only).
+    if let Some(how) = slot.coupled {
+        events.push_coupling(
+            E::ProfileCoupled,
+            brin,
+            slot.message_id,
+            kind.as_str(),
+            las_key,
+            slot.id,
+            Some(how),
+        );
+    }
+    let change = match change {
+        Some(ProfileChange::Updated) if slot.coupled.is_some() => None,
+        other => other,
+    };
     let event = match change {
         Some(ProfileChange::Created) => Some((E::ProfileCreated, vec![], None)),
         Some(ProfileChange::Reactivated) => Some((E::ProfileReactivated, vec![], None)),
@@ -459,6 +487,7 @@ mod tests {
             retention_days: DEFAULT_RETENTION_DAYS,
             snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
             staff_phones: vec![],
+            coupling: Default::default(),
         }
     }
 

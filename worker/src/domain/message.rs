@@ -2,7 +2,8 @@
 //! Pure; every failure becomes a [`Rejection`] a support desk can read.
 
 use las_contracts::{
-    Change, LasChangeV1, MAX_MESSAGE_BYTES, ParentEditV1, PortalLinkV1, RejectReason, is_valid_brin,
+    Change, CouplingAction, CouplingV1, LasChangeV1, MAX_MESSAGE_BYTES, ParentEditV1, PortalLinkV1,
+    RejectReason, is_valid_brin,
 };
 use serde::Deserialize;
 
@@ -12,6 +13,8 @@ pub enum Inbound {
     Change(Box<LasChangeV1>),
     Link(Box<PortalLinkV1>),
     ParentEdit(Box<ParentEditV1>),
+    /// R13: the school's decision about a LAS record that waits to be coupled.
+    Coupling(Box<CouplingV1>),
 }
 
 impl Inbound {
@@ -20,6 +23,7 @@ impl Inbound {
             Inbound::Change(c) => c.message_id,
             Inbound::Link(l) => l.message_id,
             Inbound::ParentEdit(e) => e.message_id,
+            Inbound::Coupling(c) => c.message_id,
         }
     }
 
@@ -28,6 +32,7 @@ impl Inbound {
             Inbound::Change(c) => &c.brin,
             Inbound::Link(l) => &l.brin,
             Inbound::ParentEdit(e) => &e.brin,
+            Inbound::Coupling(c) => &c.brin,
         }
     }
 
@@ -37,6 +42,7 @@ impl Inbound {
             Inbound::Change(c) => c.change.type_name(),
             Inbound::Link(_) => "portal.link",
             Inbound::ParentEdit(_) => "portal.parent_edit",
+            Inbound::Coupling(_) => "portal.coupling",
         }
     }
 }
@@ -86,7 +92,12 @@ struct Probe {
     brin: Option<serde_json::Value>,
 }
 
-const KNOWN_SCHEMAS: [&str; 3] = ["las.change.v1", "portal.link.v1", "portal.parent_edit.v1"];
+const KNOWN_SCHEMAS: [&str; 4] = [
+    "las.change.v1",
+    "portal.link.v1",
+    "portal.parent_edit.v1",
+    "portal.coupling.v1",
+];
 
 /// Reads a message body.
 pub fn parse(body: &[u8]) -> Result<Inbound, Rejection> {
@@ -149,6 +160,8 @@ pub fn parse(body: &[u8]) -> Result<Inbound, Rejection> {
             .and_then(|m| validate_link(&m).map(|_| Inbound::Link(Box::new(m)))),
         "portal.parent_edit.v1" => decode::<ParentEditV1>(body)
             .and_then(|m| validate_parent_edit(&m).map(|_| Inbound::ParentEdit(Box::new(m)))),
+        "portal.coupling.v1" => decode::<CouplingV1>(body)
+            .and_then(|m| validate_coupling(&m).map(|_| Inbound::Coupling(Box::new(m)))),
         other => Err(Rejection::new(
             RejectReason::UnknownSchema,
             format!(
@@ -346,6 +359,26 @@ pub fn validate_parent_edit(m: &ParentEditV1) -> Result<(), Rejection> {
     }
     if m.changes.len() > 50 {
         return Err(bad("field `changes` has more than 50 entries"));
+    }
+    Ok(())
+}
+
+/// R13: a coupling decision names the LAS record (kind and key) and, to
+/// couple, the portal profile.
+pub fn validate_coupling(m: &CouplingV1) -> Result<(), Rejection> {
+    check_brin(&m.brin)?;
+    if !matches!(m.entity_kind.trim(), "student" | "guardian" | "staff") {
+        return Err(bad(
+            "field `entity_kind` must be student, guardian or staff",
+        ));
+    }
+    if m.las_key.trim().is_empty() {
+        return Err(bad("field `las_key` is empty"));
+    }
+    if m.action == CouplingAction::Couple && m.portal_profile_id.is_none() {
+        return Err(bad(
+            "action `couple` needs `portal_profile_id`: the portal profile to couple the LAS record to",
+        ));
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ pub enum Rule {
     R10,
     R11,
     R12,
+    R13,
 }
 
 impl Rule {
@@ -38,6 +39,7 @@ impl Rule {
             Rule::R10 => "R10",
             Rule::R11 => "R11",
             Rule::R12 => "R12",
+            Rule::R13 => "R13",
         }
     }
 }
@@ -103,6 +105,17 @@ pub enum Action {
     /// The profile's personal data was erased on request (the right to
     /// erasure, AVG art. 17): purged now, deactivated (R12).
     Erased,
+    /// A LAS record was coupled to an existing portal profile, by itself
+    /// (an unambiguous match) or by the school's decision (R13).
+    Coupled,
+    /// A LAS record waits for the school's coupling decision: invisible,
+    /// applied to no portal profile (R13).
+    AwaitingCoupling,
+    /// The school decided a waiting LAS record gets a new profile (R13).
+    CreateDecided,
+    /// A coupling was undone: the portal profile keeps its data, the LAS
+    /// record waits again (R13).
+    Uncoupled,
 }
 
 impl Action {
@@ -136,6 +149,10 @@ impl Action {
             Action::SnapshotApplied => "snapshot_applied",
             Action::SnapshotHeld => "snapshot_held",
             Action::Erased => "erased",
+            Action::Coupled => "coupled",
+            Action::AwaitingCoupling => "awaiting_coupling",
+            Action::CreateDecided => "create_decided",
+            Action::Uncoupled => "uncoupled",
         }
     }
 }
@@ -430,6 +447,9 @@ pub struct SchoolSettings {
     /// Staff phone numbers the school publishes to parents (R3 for staff,
     /// privacy); none by default.
     pub staff_phones: Vec<las_contracts::StaffPhone>,
+    /// R13: couple LAS records to existing portal profiles by itself
+    /// (`auto`, default) or only by the school's decision (`review`).
+    pub coupling: las_contracts::CouplingMode,
 }
 
 pub const DEFAULT_STAFF_ROLE: &str = "Leerkracht";

@@ -57,6 +57,8 @@ pub struct BatchEffects {
     /// R12: snapshots applied, held (by the guard or a count mismatch).
     pub snapshots_applied: u64,
     pub snapshots_held: u64,
+    /// R13: couplings by outcome (`auto`, `manual`, `waiting`, `created`, `uncoupled`).
+    pub couplings: BTreeMap<&'static str, u64>,
     /// Sync events written to the outbox in this transaction.
     pub events: Events,
 }
@@ -72,6 +74,8 @@ pub struct EventIntent {
     pub las_key: Option<String>,
     pub changed_fields: Vec<String>,
     pub reason: Option<String>,
+    /// R13: the portal profile a coupling event is about.
+    pub portal_profile_id: Option<i64>,
 }
 
 impl EventIntent {
@@ -115,7 +119,36 @@ impl Events {
             las_key: las_key.map(str::to_owned),
             changed_fields,
             reason,
+            portal_profile_id: None,
         });
+    }
+
+    /// R13: `profile.coupled` (reason `auto`/`manual`) or
+    /// `profile.uncoupled` about LAS record `las_key` and portal profile
+    /// `profile_id`: ids only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_coupling(
+        &mut self,
+        event_type: SyncEventType,
+        brin: &str,
+        message_id: Option<Uuid>,
+        kind: &str,
+        las_key: &str,
+        profile_id: i64,
+        reason: Option<&str>,
+    ) {
+        self.push(
+            event_type,
+            brin,
+            message_id,
+            Some(kind),
+            Some(las_key),
+            vec![],
+            reason.map(str::to_owned),
+        );
+        if let Some(e) = self.rows.last_mut() {
+            e.portal_profile_id = Some(profile_id);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -197,6 +230,9 @@ pub struct DailyReport {
     pub still_held: u64,
     /// R12: profiles whose personal data was purged after the retention period.
     pub purged: u64,
+    /// R12/R13: LAS records that waited for a coupling decision past the
+    /// school's retention term, deleted.
+    pub waits_expired: u64,
 }
 
 impl DailyReport {

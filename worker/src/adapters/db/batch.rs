@@ -1,6 +1,6 @@
 //! THE one place that orders a batch's statements. A batch of messages is
 //! applied in one transaction with set-based statements, in this order:
-//! links and parent edits, schools, R6 pre-checks and de-duplication,
+//! links, parent edits and coupling decisions (R13), schools, R6 pre-checks and de-duplication,
 //! profiles (lock, rules, insert, update, memberships, links, guardians,
 //! suggestions), groups, snapshots and rollovers, events, journal, last sync.
 //! The domain decides (`domain::batch`, `domain::rules`); this file sequences.
@@ -42,6 +42,7 @@ impl Store {
     ) -> Result<(Transaction<'c, Postgres>, Vec<MessageOutcome>, BatchEffects), StoreError> {
         let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; msgs.len()];
         let mut effects = BatchEffects::default();
+        let mut journal = Journal::default();
         // Statements use PostgreSQL's plan cache. Its generic plans are only
         // as good as the tables' statistics: `analyze_stale_tables` keeps
         // them fresh during a large first run (a plan cached while the
@@ -55,6 +56,18 @@ impl Store {
                 Inbound::ParentEdit(edit) => {
                     outcomes[i] = Some(apply_parent_edit(&mut tx, edit, &mut effects).await?)
                 }
+                Inbound::Coupling(decision) => {
+                    apply_coupling(
+                        &mut tx,
+                        decision,
+                        i,
+                        today,
+                        &mut outcomes,
+                        &mut journal,
+                        &mut effects,
+                    )
+                    .await?
+                }
                 Inbound::Change(_) => {}
             }
         }
@@ -63,7 +76,7 @@ impl Store {
             .iter()
             .filter_map(|m| match m {
                 Inbound::Change(c) => Some(c.brin.clone()),
-                Inbound::Link(_) | Inbound::ParentEdit(_) => None,
+                Inbound::Link(_) | Inbound::ParentEdit(_) | Inbound::Coupling(_) => None,
             })
             .collect::<HashSet<_>>()
             .into_iter()
@@ -98,7 +111,6 @@ impl Store {
         });
 
         let by_id: HashMap<i64, &School> = schools.values().map(|s| (s.id, s)).collect();
-        let mut journal = Journal::default();
 
         // Profiles.
         let profile_msgs: Vec<(usize, &LasChangeV1, i64)> = accepted
@@ -115,6 +127,7 @@ impl Store {
                 &mut outcomes,
                 &mut journal,
                 &mut effects,
+                &HashMap::new(),
             )
             .await?;
         }

@@ -42,7 +42,7 @@ impl From<sqlx::Error> for StoreError {
 pub(super) fn lost_insert_race(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e
         && db.code().as_deref() == Some("23505")
-        && db.constraint() == Some(PROFILES_KEY)
+        && (db.constraint() == Some(PROFILES_KEY) || db.constraint() == Some(COUPLING_WAITS_KEY))
     {
         return StoreError::Conflict;
     }
@@ -51,6 +51,9 @@ pub(super) fn lost_insert_race(e: sqlx::Error) -> StoreError {
 
 /// The unique constraint on profiles (school_id, kind, las_key) (migration 0001).
 pub(super) const PROFILES_KEY: &str = "profiles_school_id_kind_las_key_key";
+/// The primary key of coupling_waits (migration 0012): two replicas that
+/// both found a LAS record waiting.
+pub(super) const COUPLING_WAITS_KEY: &str = "coupling_waits_pkey";
 
 /// Which database errors are worth retrying. Only the data a message carries
 /// can make the database refuse it for good: SQLSTATE class 22 (data

@@ -34,6 +34,7 @@ pub async fn write(
             las_key: e.las_key,
             changed_fields: e.changed_fields,
             reason: e.reason,
+            portal_profile_id: e.portal_profile_id,
         };
         if let Ok(payload) = serde_json::to_string(&event) {
             keys.push(key);

@@ -47,9 +47,10 @@ impl Store {
         let rows = sqlx::query(
             "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.birth_date, p.las_group_keys, p.in_intake,
                     s.brin, s.las_system, s.environment_id, s.environment_label, s.intake_weeks_ahead, s.default_staff_role,
-                    s.link_staff_to_groups, s.esis_composite_groups, s.retention_days, s.snapshot_guard_percent, s.staff_phones
+                    s.link_staff_to_groups, s.esis_composite_groups, s.retention_days, s.snapshot_guard_percent, s.staff_phones, s.coupling
              FROM profiles p JOIN schools s ON s.id = p.school_id
-             WHERE p.kind = 'student' AND (p.status = 'held' OR (p.status = 'active' AND p.in_intake))
+             WHERE p.kind = 'student' AND p.las_key IS NOT NULL
+               AND (p.status = 'held' OR (p.status = 'active' AND p.in_intake))
              ORDER BY p.id
              FOR UPDATE OF p",
         )
@@ -120,6 +121,17 @@ impl Store {
         members.write(&mut tx).await?;
         reconcile_guardians(&mut tx, &ids, &[], vec![], &mut effects).await?;
         report.purged = self.purge_expired(&mut tx, today).await?;
+        // R12/R13: a LAS record that waited for the school's coupling
+        // decision and stayed untouched for the school's retention term.
+        report.waits_expired = sqlx::query(
+            "DELETE FROM coupling_waits w USING schools s
+             WHERE s.id = w.school_id
+               AND w.updated_at < (($1::date - s.retention_days) AT TIME ZONE 'Europe/Amsterdam')",
+        )
+        .bind(today)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         // Bookkeeping that must not grow for ever: message ids older than 30 days
         // (a redelivery that late is still caught by the entity versions) and
         // sync events published more than 7 days ago.

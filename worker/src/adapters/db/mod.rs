@@ -9,6 +9,8 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub mod batch;
+pub mod coupling;
+pub mod coupling_decisions;
 pub mod email_outbox;
 pub mod error;
 pub mod event_outbox;
@@ -25,6 +27,7 @@ pub mod suggestions;
 pub mod views;
 
 pub use crate::domain::outcome::{BatchEffects, Events, MessageOutcome};
+pub use coupling_decisions::{UnclaimedProfile, Unlinked, WaitingRecord};
 pub use email_outbox::OutboxEmail;
 use error::lost_insert_race;
 pub use error::{StoreError, classify};
@@ -38,8 +41,9 @@ pub use views::{GroupRef, Leftover, LinkRef, ProfileView};
 // profile slots of a batch) through this module.
 #[allow(unused_imports)]
 use {
-    email_outbox::*, event_outbox::*, groups::*, guardians::*, journal::*, maintenance::*,
-    memberships::*, profiles::*, rollover::*, schools::*, snapshots::*, suggestions::*,
+    coupling::*, coupling_decisions::*, email_outbox::*, event_outbox::*, groups::*, guardians::*,
+    journal::*, maintenance::*, memberships::*, profiles::*, rollover::*, schools::*, snapshots::*,
+    suggestions::*,
 };
 
 #[derive(Clone)]

@@ -52,6 +52,7 @@ pub(super) async fn apply_profiles(
     outcomes: &mut [Option<MessageOutcome>],
     journal: &mut Journal,
     effects: &mut BatchEffects,
+    forced: &HashMap<Key, coupling::Forced>,
 ) -> Result<(), StoreError> {
     let keys: Vec<Key> = msgs
         .iter()
@@ -105,12 +106,27 @@ pub(super) async fn apply_profiles(
         );
     }
 
-    // Keys the portal does not have yet: inserted with their final values
-    // after the rules ran (id 0 until then).
+    // R13: keys the portal does not have yet are coupled to an existing
+    // portal profile, wait for the school's decision (their messages are
+    // settled there), or are new.
+    let missing: Vec<Key> = keys
+        .iter()
+        .filter(|k| !slots.contains_key(*k))
+        .cloned()
+        .collect();
+    let waiting = coupling::resolve(
+        tx, msgs, &missing, schools, forced, &mut slots, outcomes, journal, effects,
+    )
+    .await?;
+
+    // The other new keys are inserted with their final values after the
+    // rules ran (id 0 until then).
     for key in &keys {
-        slots
-            .entry(key.clone())
-            .or_insert_with(ProfileSlot::new_key);
+        if !waiting.contains(key) {
+            slots
+                .entry(key.clone())
+                .or_insert_with(ProfileSlot::new_key);
+        }
     }
 
     // The rules, in version order per profile (domain::batch).
@@ -139,6 +155,14 @@ pub(super) async fn apply_profiles(
             }
         }
     }
+
+    // R13: the coupled portal profiles get their LAS key.
+    let coupled: Vec<(i64, String)> = slots
+        .iter()
+        .filter(|(_, s)| s.coupled.is_some() && s.message_id.is_some())
+        .map(|(k, s)| (s.id, k.2.clone()))
+        .collect();
+    coupling::set_keys(tx, &coupled).await?;
 
     // Write back every changed profile in one statement.
     let mut w = ProfileWrite::default();

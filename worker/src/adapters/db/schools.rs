@@ -34,10 +34,12 @@ pub(super) fn settings_from_row(
             .iter()
             .filter_map(|p| las_contracts::StaffPhone::parse(p))
             .collect(),
+        coupling: las_contracts::CouplingMode::parse(&row.try_get::<String, _>("coupling")?)
+            .unwrap_or_default(),
     })
 }
 
-pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones";
+pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones, coupling";
 
 pub(super) async fn load_schools(
     tx: &mut Transaction<'_, Postgres>,
@@ -137,8 +139,8 @@ pub(super) async fn apply_link(
     sqlx::query(
         "INSERT INTO schools (brin, las_system, environment_id, environment_label, intake_weeks_ahead,
              default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, group_mapping,
-             snapshot_guard_percent, staff_phones)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             snapshot_guard_percent, staff_phones, coupling)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (brin) DO UPDATE SET
              environment_label = EXCLUDED.environment_label,
              intake_weeks_ahead = EXCLUDED.intake_weeks_ahead,
@@ -149,6 +151,7 @@ pub(super) async fn apply_link(
              group_mapping = EXCLUDED.group_mapping,
              snapshot_guard_percent = EXCLUDED.snapshot_guard_percent,
              staff_phones = EXCLUDED.staff_phones,
+             coupling = EXCLUDED.coupling,
              updated_at = now()",
     )
     .bind(&link.brin)
@@ -169,6 +172,7 @@ pub(super) async fn apply_link(
             .map(|p| p.as_str())
             .collect::<Vec<_>>(),
     )
+    .bind(settings.coupling.as_str())
     .execute(&mut **tx)
     .await?;
     let decision = if existing.is_some() {
@@ -215,6 +219,8 @@ pub struct SchoolView {
     pub snapshot_guard_percent: i32,
     /// Staff phones published to parents (`phone`, `mobile`).
     pub staff_phones: Vec<String>,
+    /// R13: `auto` or `review`.
+    pub coupling: String,
     pub group_mapping: serde_json::Value,
     pub first_run_at: Timestamp,
     pub last_sync_at: Timestamp,
@@ -229,7 +235,7 @@ impl Store {
             "SELECT brin, las_system AS system, environment_id, environment_label AS label,
                 intake_weeks_ahead, default_staff_role, link_staff_to_groups,
                 esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones,
-                group_mapping, first_run_at,
+                coupling, group_mapping, first_run_at,
                 last_sync_at, created_at, updated_at
          FROM schools WHERE brin = $1",
         )

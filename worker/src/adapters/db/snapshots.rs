@@ -127,7 +127,7 @@ pub(super) async fn snapshot_counts(
         "SELECT count(*),
                 count(*) FILTER (WHERE NOT EXISTS (
                     SELECT 1 FROM snapshot_members m WHERE m.snapshot_id = $2 AND m.kind = p.kind AND m.las_key = p.las_key))
-         FROM profiles p WHERE p.school_id = $1 AND p.status IN ('active', 'held')",
+         FROM profiles p WHERE p.school_id = $1 AND p.status IN ('active', 'held') AND p.las_key IS NOT NULL",
     )
     .bind(school_id)
     .bind(snapshot)
@@ -146,6 +146,8 @@ pub(super) async fn deactivate_missing(
         "UPDATE profiles p SET status = 'deactivated', deactivated_at = now(), deactivation_reason = 'missing_from_snapshot',
                 in_intake = false, updated_at = now()
          WHERE p.school_id = $1 AND p.status IN ('active', 'held')
+           -- R13: a portal profile no LAS record claimed is the portal's, never the snapshot's.
+           AND p.las_key IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM snapshot_members m WHERE m.snapshot_id = $2 AND m.kind = p.kind AND m.las_key = p.las_key)
          RETURNING p.id, p.kind, p.las_key",
     )

@@ -81,7 +81,17 @@ pub(super) async fn apply_parent_edit(
         return Ok(MessageOutcome::Duplicate);
     }
     let guardian_id: i64 = g.try_get("id")?;
-    let guardian_key: String = g.try_get("las_key")?;
+    let Some(guardian_key) = g.try_get::<Option<String>, _>("las_key")? else {
+        // R13: the portal owns an uncoupled profile; its edits are the
+        // portal's own changes, not suggestions to the school.
+        return Ok(MessageOutcome::Applied {
+            decisions: vec![crate::domain::model::Decision {
+                rule: crate::domain::model::Rule::R10,
+                action: crate::domain::model::Action::NotASuggestion,
+                field: None,
+            }],
+        });
+    };
     let contact = contact_from_row(&g)?;
     let plan = crate::domain::rules::suggestions::plan(settings.system, &contact, &edit.changes);
     if plan.changes.is_empty() {
@@ -247,7 +257,8 @@ pub(super) async fn resolve_suggestions(
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct SuggestionView {
     pub id: i64,
-    pub guardian_las_key: String,
+    /// `None` once the guardian was uncoupled (R13).
+    pub guardian_las_key: Option<String>,
     pub status: String,
     pub fields: Vec<String>,
     pub recipients: i32,

@@ -15,7 +15,9 @@
 //! | R10 (parent edits become suggestions) | [`suggestions`] |
 //! | R11 (year rollover) | [`rollover`] |
 //! | R12 (removal, retention, guardians follow students) | [`retention`], [`snapshot`] |
+//! | R13 (coupling existing portal profiles at go-live) | [`coupling`] |
 
+pub mod coupling;
 pub mod groups;
 pub mod intake;
 pub mod profile;

@@ -108,6 +108,7 @@ pub fn link_settings(
             phones.dedup();
             phones
         },
+        coupling: link.coupling.unwrap_or_default(),
     })
 }
 
@@ -195,6 +196,7 @@ mod tests {
             group_mapping: None,
             snapshot_guard_percent: None,
             staff_phones: None,
+            coupling: None,
             emitted_at: None,
         }
     }
