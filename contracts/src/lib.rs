@@ -412,6 +412,11 @@ pub struct PortalLinkV1 {
     /// addresses and unpublished phones are never imported (R3, privacy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staff_phones: Option<Vec<StaffPhone>>,
+    /// Added in v1.3: "samengestelde groepen en jaargroepen omdraaien":
+    /// composite groups are listed first and lead (R7); default false. The
+    /// worker stores it (`schools.composite_groups_lead`) for the portal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composite_groups_lead: Option<bool>,
     #[serde(default)]
     pub emitted_at: Option<DateTime<Utc>>,
 }
@@ -606,6 +611,10 @@ pub enum RejectReason {
     Unsupported,
     /// The database refused the change (a constraint); the message is kept for a person to look at.
     DatabaseRejected,
+    /// Added in v1.3: a first-run `group_mapping` the worker cannot apply: sent
+    /// after the school's first run with another mapping, or mapping onto the
+    /// intake group or onto another LAS group's portal group (R7).
+    MappingRefused,
 }
 
 impl RejectReason {
@@ -621,10 +630,11 @@ impl RejectReason {
             RejectReason::RelinkRefused => "relink_refused",
             RejectReason::Unsupported => "unsupported",
             RejectReason::DatabaseRejected => "database_rejected",
+            RejectReason::MappingRefused => "mapping_refused",
         }
     }
 
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::InvalidJson,
         RejectReason::UnknownSchema,
         RejectReason::ValidationFailed,
@@ -635,6 +645,7 @@ impl RejectReason {
         RejectReason::RelinkRefused,
         RejectReason::Unsupported,
         RejectReason::DatabaseRejected,
+        RejectReason::MappingRefused,
     ];
 }
 

@@ -21,6 +21,7 @@ fn school(system: LasSystem) -> SchoolSettings {
         retention_days: 365,
         snapshot_guard_percent: 10,
         staff_phones: vec![],
+        composite_groups_lead: false,
     }
 }
 

@@ -79,6 +79,10 @@ pub struct ConfigureArgs {
     /// (`phone,mobile`) or `none` (the default). Others are never imported.
     #[arg(long, value_name = "phone,mobile|none", value_parser = parse_staff_phones)]
     pub staff_phones: Option<StaffPhones>,
+    /// R7: list composite groups first and let them lead ("samengestelde
+    /// groepen en jaargroepen omdraaien"; default false).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub composite_groups_lead: Option<bool>,
 }
 
 /// `las-worker school ...`.
@@ -162,6 +166,9 @@ pub fn link_message(args: &ConfigureArgs, current: Option<&SchoolView>) -> serde
             Some(StaffPhones(p)) => p.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>(),
             None => current.map(|c| c.staff_phones.clone()).unwrap_or_default(),
         },
+        "composite_groups_lead": args
+            .composite_groups_lead
+            .or_else(|| current.map(|c| c.composite_groups_lead)),
         "emitted_at": chrono::Utc::now(),
     })
 }
@@ -260,6 +267,7 @@ mod tests {
             retention_days: 100,
             snapshot_guard_percent: 20,
             staff_phones: vec!["mobile".into()],
+            composite_groups_lead: true,
             group_mapping: serde_json::json!([]),
             first_run_at: None,
             last_sync_at: None,
@@ -276,6 +284,9 @@ mod tests {
             "kept, not reset to the default"
         );
         assert_eq!(m["staff_phones"], serde_json::json!(["mobile"]));
+        assert_eq!(m["composite_groups_lead"], true, "kept");
+        let m = link_message(&args(&["--composite-groups-lead", "false"]), Some(&cur));
+        assert_eq!(m["composite_groups_lead"], false);
         let m = link_message(&args(&["--intake-weeks-ahead", "off"]), Some(&cur));
         assert!(m["intake_weeks_ahead"].is_null());
         let m = link_message(&args(&["--staff-phones", "none"]), Some(&cur));

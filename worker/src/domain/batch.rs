@@ -459,6 +459,7 @@ mod tests {
             retention_days: DEFAULT_RETENTION_DAYS,
             snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
             staff_phones: vec![],
+            composite_groups_lead: false,
         }
     }
 

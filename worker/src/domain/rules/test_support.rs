@@ -33,6 +33,7 @@ pub(crate) fn school(system: LasSystem) -> SchoolSettings {
         retention_days: DEFAULT_RETENTION_DAYS,
         snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
         staff_phones: vec![],
+        composite_groups_lead: false,
     }
 }
 
