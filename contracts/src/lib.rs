@@ -418,6 +418,11 @@ pub struct PortalLinkV1 {
     /// for the school's decision (`portal.coupling.v1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coupling: Option<CouplingMode>,
+    /// Added in v1.3: "samengestelde groepen en jaargroepen omdraaien":
+    /// composite groups are listed first and lead (R7); default false. The
+    /// worker stores it (`schools.composite_groups_lead`) for the portal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composite_groups_lead: Option<bool>,
     #[serde(default)]
     pub emitted_at: Option<DateTime<Utc>>,
 }
@@ -723,6 +728,10 @@ pub enum RejectReason {
     /// a profile of another school or kind, one already coupled, or a LAS
     /// record that does not wait for a decision.
     CouplingRefused,
+    /// Added in v1.3: a first-run `group_mapping` the worker cannot apply: sent
+    /// after the school's first run with another mapping, or mapping onto the
+    /// intake group or onto another LAS group's portal group (R7).
+    MappingRefused,
 }
 
 impl RejectReason {
@@ -739,10 +748,11 @@ impl RejectReason {
             RejectReason::Unsupported => "unsupported",
             RejectReason::DatabaseRejected => "database_rejected",
             RejectReason::CouplingRefused => "coupling_refused",
+            RejectReason::MappingRefused => "mapping_refused",
         }
     }
 
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::InvalidJson,
         RejectReason::UnknownSchema,
         RejectReason::ValidationFailed,
@@ -754,6 +764,7 @@ impl RejectReason {
         RejectReason::Unsupported,
         RejectReason::DatabaseRejected,
         RejectReason::CouplingRefused,
+        RejectReason::MappingRefused,
     ];
 }
 

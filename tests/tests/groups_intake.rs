@@ -430,3 +430,358 @@ async fn r9_daily_job_imports_a_waiting_child_without_a_message_once_per_day() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The portal groups (by name) a student is shown in, from the portal's view.
+async fn shown_in(env: &TestEnv, brin: &str, student: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT m.group_name FROM portal_group_members m JOIN schools s ON s.id = m.school_id
+         WHERE s.brin = $1 AND m.member_kind = 'student' AND m.member_key = $2 ORDER BY 1",
+    )
+    .bind(brin)
+    .bind(student)
+    .fetch_all(&env.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r7_first_run_renames_mapped_groups_at_the_mapping_and_keeps_their_items() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    env.link(parnassys_link("12AB", P)).await;
+    let school: i64 = sqlx::query_scalar("SELECT id FROM schools WHERE brin = '12AB'")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    let portal_group = |name: &'static str, ty: &'static str, visible: bool| {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO portal_groups (school_id, name, group_type, parents_see_other_groups)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(school)
+            .bind(name)
+            .bind(ty)
+            .bind(visible)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    // Seed 001: the school's own groups before the link: Groep 1A, and
+    // Groep 1/2A as a composite group whose parents see the other year groups.
+    let g1a = portal_group("Groep 1A", "year", false).await;
+    let combi = portal_group("Groep 1/2A", "composite", true).await;
+    let old = portal_group("Oude groep", "year", false).await;
+    for (g, title) in [(g1a, "Welkom in groep 1"), (combi, "Kleuterfeest")] {
+        sqlx::query("INSERT INTO group_items (school_id, group_id, item_type, title) VALUES ($1, $2, 'news', $3)")
+            .bind(school).bind(g).bind(title).execute(&env.db).await.unwrap();
+    }
+    // The LAS groups arrive before the school maps them.
+    let g = |key: &str, name: &str, kind: &str, years: &[&str], v: u64| {
+        change(
+            "12AB",
+            parnassys(P),
+            v,
+            json!({"type": "group.upserted", "las_key": key, "name": name, "kind": kind, "year_group_keys": years}),
+        )
+    };
+    env.publish(&[
+        g("G1", "Groep 1", "year", &[], 1),
+        g("G2", "Groep 2", "year", &[], 1),
+        g("C12", "Kleuters 1/2", "class", &["G1", "G2"], 1),
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Sam", "birth_date": "2020-03-01", "group_keys": ["G1", "C12"]})),
+    ])
+    .await;
+    env.wait_handled(5).await;
+    let made_for_g1: i64 = sqlx::query_scalar("SELECT id FROM portal_groups WHERE las_key = 'G1'")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    // The school already published an album to the group the link made.
+    sqlx::query("INSERT INTO group_items (school_id, group_id, item_type, title) VALUES ($1, $2, 'photo_album', 'Eerste schooldag')")
+        .bind(school).bind(made_for_g1).execute(&env.db).await.unwrap();
+
+    let first_run = json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "system": "parnassys",
+        "environment_id": P, "group_mapping": [{"las_group_key": "G1", "portal_group_id": g1a}, {"las_group_key": "C12", "portal_group_id": combi}]});
+    env.publish(std::slice::from_ref(&first_run)).await;
+    env.wait_handled(6).await;
+
+    // (a) Renamed at the mapping, not at the LAS's next version.
+    type Row = (
+        Option<String>,
+        String,
+        String,
+        Option<String>,
+        String,
+        bool,
+        Vec<String>,
+        i64,
+    );
+    let row = |id: i64| {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_as::<_, Row>(
+                "SELECT las_key, name, group_type, las_kind, status, parents_see_other_groups, year_group_keys, version
+                 FROM portal_groups WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        row(g1a).await,
+        (
+            Some("G1".into()),
+            "Groep 1".into(),
+            "year".into(),
+            Some("year".into()),
+            "active".into(),
+            false,
+            vec![],
+            1
+        ),
+        "R7/seed 001: the mapped group takes the LAS group's name, kind and shape at the first run"
+    );
+    let items: Vec<String> =
+        sqlx::query_scalar("SELECT title FROM group_items WHERE group_id = $1 ORDER BY title")
+            .bind(g1a)
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        items,
+        ["Eerste schooldag", "Welkom in groep 1"],
+        "R7: keeps its group-bound items, and gets those of the group the link had made"
+    );
+    assert_eq!(
+        shown_in(&env, "12AB", "S1").await,
+        ["Groep 1", "Kleuters 1/2"],
+        "the LAS members are in the mapped groups"
+    );
+    let in_g1a: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT group_id FROM portal_group_members WHERE member_key = 'S1' AND group_key = 'G1'",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        in_g1a,
+        [g1a],
+        "shown in the school's own group, not the one the link made"
+    );
+    let (_, out) = env.cli(&["groups", "leftovers", "--brin", "12AB"]);
+    assert!(
+        out.contains(&format!("{{\"portal_group_id\":{made_for_g1},\"name\":\"Groep 1\",\"las_key\":null,\"reason\":\"replaced_at_first_run\",\"group_items\":0}}")),
+        "the group the link made steps aside, empty, never deleted: {out}"
+    );
+    assert!(
+        out.contains(&format!("\"portal_group_id\":{old},"))
+            && out.contains("unmapped_at_first_run"),
+        "{out}"
+    );
+
+    // (b) The school's composite group: LAS shape, visibility off at the mapping.
+    let c = row(combi).await;
+    assert_eq!(
+        (
+            c.0.as_deref(),
+            c.1.as_str(),
+            c.2.as_str(),
+            c.3.as_deref(),
+            c.6.clone()
+        ),
+        (
+            Some("C12"),
+            "Kleuters 1/2",
+            "composite",
+            Some("class"),
+            vec!["G1".to_owned(), "G2".to_owned()]
+        )
+    );
+    assert!(
+        !c.5,
+        "R7: a composite the first run touches starts with parents-see-other-groups off"
+    );
+    // The school turns it on again; a newer LAS version never turns it off.
+    sqlx::query("UPDATE portal_groups SET parents_see_other_groups = true WHERE id = $1")
+        .bind(combi)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    env.publish(&[g("C12", "Kleuters 1/2 (nieuw)", "class", &["G1", "G2"], 2)])
+        .await;
+    env.wait_handled(7).await;
+    let c = row(combi).await;
+    assert_eq!(
+        (c.1.as_str(), c.5),
+        ("Kleuters 1/2 (nieuw)", true),
+        "R7: the worker never turns it back off"
+    );
+
+    // (e) The same link again (the portal sends its whole link) is applied;
+    // another mapping after the first run is refused with a readable reason.
+    let mut again = first_run.clone();
+    again["message_id"] = json!(uuid::Uuid::new_v4());
+    again["default_staff_role"] = json!("Juf");
+    env.publish(&[again]).await;
+    env.wait_handled(8).await;
+    let role: String = sqlx::query_scalar("SELECT default_staff_role FROM schools WHERE id = $1")
+        .bind(school)
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        role, "Juf",
+        "settings change; the first run's mapping repeated is no error"
+    );
+    let mut other = first_run.clone();
+    other["message_id"] = json!(uuid::Uuid::new_v4());
+    other["group_mapping"] = json!([{"las_group_key": "G2", "portal_group_id": old}]);
+    env.publish(&[other]).await;
+    let dl = env.wait_dead_letters(1).await;
+    assert_eq!(dl[0].0["x-las-reason-code"], "mapping_refused");
+    let reason = &dl[0].0["x-las-reason"];
+    assert!(
+        reason.contains("BRIN 12AB")
+            && reason.contains("first run happens once")
+            && reason.contains("G2")
+            && reason.contains("(R7)"),
+        "{reason}"
+    );
+    assert_eq!(
+        row(old).await.0,
+        None,
+        "nothing of a refused mapping is applied"
+    );
+    assert_eq!(row(g1a).await.0.as_deref(), Some("G1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r7_esis_combination_groups_place_students_in_their_year_groups_and_the_setting_replans() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    let env_id = "esis-34CD";
+    env.link(esis_link("34CD", env_id)).await;
+    let label = las_contracts::ESIS_PORTAL_LABEL;
+    let c = |v: u64, body: Value| change("34CD", esis(env_id, label), v, body);
+    env.publish(&[
+        c(1, json!({"type": "group.upserted", "las_key": "GRP-5", "name": "Groep 5", "kind": "group"})),
+        c(1, json!({"type": "group.upserted", "las_key": "GRP-6", "name": "Groep 6", "kind": "group"})),
+        c(1, json!({"type": "group.upserted", "las_key": "COMBI", "name": "Combinatie 5/6", "kind": "group", "year_group_keys": ["GRP-5", "GRP-6"]})),
+        // Only in the combination: the LAS does not say which year.
+        c(1, json!({"type": "student.upserted", "las_key": "E1", "first_name": "Eva", "birth_date": "2017-02-02", "group_keys": ["COMBI"]})),
+        // In the combination and in its year group 6.
+        c(1, json!({"type": "student.upserted", "las_key": "E2", "first_name": "Ali", "birth_date": "2016-02-02", "group_keys": ["COMBI", "GRP-6"]})),
+    ])
+    .await;
+    env.wait_handled(6).await;
+    // (c) Setting off: never in no group at all.
+    assert_eq!(
+        shown_in(&env, "34CD", "E1").await,
+        ["Groep 5", "Groep 6"],
+        "R7: a combination's student is in the year groups it is made of"
+    );
+    assert_eq!(
+        shown_in(&env, "34CD", "E2").await,
+        ["Groep 6"],
+        "a student the LAS puts in one of them is only there"
+    );
+    let e1 = env.show("34CD", "student", "E1").unwrap();
+    assert_eq!(group_keys(&e1), ["GRP-5", "GRP-6"], "{e1}");
+
+    // (d) The school turns ESIS composite groups on: re-planned at once,
+    // without a new group.upserted.
+    let mut link = esis_link("34CD", env_id);
+    link["esis_composite_groups"] = json!(true);
+    env.publish(&[link.clone()]).await;
+    env.wait_handled(7).await;
+    let combi = || async {
+        sqlx::query_as::<_, (String, String, bool)>(
+            "SELECT group_type, status, parents_see_other_groups FROM portal_groups WHERE las_key = 'COMBI'",
+        )
+        .fetch_one(&env.db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        combi().await,
+        ("composite".into(), "active".into(), false),
+        "R7: a composite group of the link, parents-see-other-groups off"
+    );
+    assert_eq!(shown_in(&env, "34CD", "E1").await, ["Combinatie 5/6"]);
+    assert_eq!(
+        shown_in(&env, "34CD", "E2").await,
+        ["Combinatie 5/6", "Groep 6"]
+    );
+    let (_, out) = env.cli(&[
+        "explain",
+        "--brin",
+        "34CD",
+        "--kind",
+        "group",
+        "--las-key",
+        "COMBI",
+    ]);
+    assert!(
+        out.contains("esis_composite_groups"),
+        "the re-plan is journaled: {out}"
+    );
+
+    // The school opens the composite group; turning the setting off and on
+    // again never turns that back off.
+    sqlx::query("UPDATE portal_groups SET parents_see_other_groups = true WHERE las_key = 'COMBI'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    link["message_id"] = json!(uuid::Uuid::new_v4());
+    link["esis_composite_groups"] = json!(false);
+    env.publish(&[link.clone()]).await;
+    env.wait_handled(8).await;
+    assert_eq!(combi().await.1, "skipped");
+    assert_eq!(shown_in(&env, "34CD", "E1").await, ["Groep 5", "Groep 6"]);
+    link["message_id"] = json!(uuid::Uuid::new_v4());
+    link["esis_composite_groups"] = json!(true);
+    env.publish(&[link]).await;
+    env.wait_handled(9).await;
+    assert_eq!(combi().await, ("composite".into(), "active".into(), true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r7_composite_groups_lead_is_stored_and_shown() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    let mut link = parnassys_link("12AB", P);
+    link["composite_groups_lead"] = json!(true);
+    env.link(link).await;
+    let show = || {
+        let (code, out, err) = env.cli_output(&["school", "show", "--brin", "12AB"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    assert_eq!(show()["composite_groups_lead"], true, "seed 001: omdraaien");
+    let stored: bool =
+        sqlx::query_scalar("SELECT composite_groups_lead FROM schools WHERE brin = '12AB'")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert!(stored, "exposed to the portal on the school");
+    // Left out, like every setting, it takes its default: off.
+    env.publish(&[parnassys_link("12AB", P)]).await;
+    env.wait_handled(2).await;
+    assert_eq!(show()["composite_groups_lead"], false);
+    let (code, out) = env.cli(&[
+        "school",
+        "configure",
+        "--brin",
+        "12AB",
+        "--system",
+        "parnassys",
+        "--environment-id",
+        P,
+        "--composite-groups-lead",
+        "true",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(show()["composite_groups_lead"], true);
+}

@@ -22,6 +22,7 @@ fn school(system: LasSystem) -> SchoolSettings {
         snapshot_guard_percent: 10,
         staff_phones: vec![],
         coupling: Default::default(),
+        composite_groups_lead: false,
     }
 }
 

@@ -227,6 +227,13 @@ pub fn sentence(rule: &str, action: &str, field: Option<&str>, context: Context)
         ("R7", "composite_skipped") => {
             "composite group not shown (the school's esis_composite_groups is off)".to_owned()
         }
+        ("R7", "first_run_mapped") => {
+            "first run: mapped onto the school's existing portal group, which took the LAS name and kept its group-bound items"
+                .to_owned()
+        }
+        ("R7", "groups_replanned") => {
+            "planned again after the school changed esis_composite_groups".to_owned()
+        }
         ("R7", "detached") => {
             "removed in the LAS: detached and emptied, never deleted (see groups leftovers)"
                 .to_owned()

@@ -83,6 +83,10 @@ pub struct ConfigureArgs {
     /// match (`auto`, the default) or only by the school's decision (`review`).
     #[arg(long, value_parser = ["auto", "review"])]
     pub coupling: Option<String>,
+    /// R7: list composite groups first and let them lead ("samengestelde
+    /// groepen en jaargroepen omdraaien"; default false).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub composite_groups_lead: Option<bool>,
 }
 
 /// `las-worker school ...`.
@@ -167,6 +171,9 @@ pub fn link_message(args: &ConfigureArgs, current: Option<&SchoolView>) -> serde
             None => current.map(|c| c.staff_phones.clone()).unwrap_or_default(),
         },
         "coupling": args.coupling.clone().or_else(|| current.map(|c| c.coupling.clone())),
+        "composite_groups_lead": args
+            .composite_groups_lead
+            .or_else(|| current.map(|c| c.composite_groups_lead)),
         "emitted_at": chrono::Utc::now(),
     })
 }
@@ -266,6 +273,7 @@ mod tests {
             snapshot_guard_percent: 20,
             staff_phones: vec!["mobile".into()],
             coupling: "review".into(),
+            composite_groups_lead: true,
             group_mapping: serde_json::json!([]),
             first_run_at: None,
             last_sync_at: None,
@@ -285,6 +293,9 @@ mod tests {
         assert_eq!(m["coupling"], "review", "kept");
         let m = link_message(&args(&["--coupling", "auto"]), Some(&cur));
         assert_eq!(m["coupling"], "auto");
+        assert_eq!(m["composite_groups_lead"], true, "kept");
+        let m = link_message(&args(&["--composite-groups-lead", "false"]), Some(&cur));
+        assert_eq!(m["composite_groups_lead"], false);
         let m = link_message(&args(&["--intake-weeks-ahead", "off"]), Some(&cur));
         assert!(m["intake_weeks_ahead"].is_null());
         let m = link_message(&args(&["--staff-phones", "none"]), Some(&cur));

@@ -488,6 +488,7 @@ mod tests {
             snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
             staff_phones: vec![],
             coupling: Default::default(),
+            composite_groups_lead: false,
         }
     }
 

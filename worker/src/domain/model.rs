@@ -88,6 +88,13 @@ pub enum Action {
     CompositeSkipped,
     /// A group the LAS removed is detached and emptied, never deleted (R7).
     Detached,
+    /// First run: a LAS group was mapped onto an existing portal group, which
+    /// takes the LAS group's key (and, when known, its name, kind and shape) and
+    /// keeps its group-bound items (R7).
+    FirstRunMapped,
+    /// The school changed `esis_composite_groups`: its existing groups were
+    /// planned again (R7).
+    GroupsReplanned,
     /// A parent's edit of this field became a suggestion to the school (R10).
     SuggestionOpened,
     /// A parent's edit that is no suggestion: portal-only field or unchanged value (R10).
@@ -141,6 +148,8 @@ impl Action {
             Action::MappedToYearGroup => "mapped_to_year_group",
             Action::CompositeSkipped => "composite_skipped",
             Action::Detached => "detached",
+            Action::FirstRunMapped => "first_run_mapped",
+            Action::GroupsReplanned => "groups_replanned",
             Action::SuggestionOpened => "suggestion_opened",
             Action::NotASuggestion => "not_a_suggestion",
             Action::RolledOver => "rolled_over",
@@ -450,6 +459,9 @@ pub struct SchoolSettings {
     /// R13: couple LAS records to existing portal profiles by itself
     /// (`auto`, default) or only by the school's decision (`review`).
     pub coupling: las_contracts::CouplingMode,
+    /// R7: composite groups are listed first and lead ("samengestelde groepen
+    /// en jaargroepen omdraaien"); stored for the portal, off by default.
+    pub composite_groups_lead: bool,
 }
 
 pub const DEFAULT_STAFF_ROLE: &str = "Leerkracht";

@@ -11,40 +11,141 @@ use crate::domain::outcome::Journal;
 use crate::domain::outcome::{BatchEffects, MessageOutcome};
 use crate::domain::rules::{self, Decision};
 
-/// R7 first run: each mapped portal group takes its LAS key (a later
-/// `group.upserted` renames it and it keeps its group-bound items); portal
-/// groups no LAS group maps to are detached and listed as leftovers. When the
-/// LAS group already arrived, the group the worker made for it steps aside.
+/// The columns of [`StoredGroup`], in the order [`stored_group`] reads them.
+const GROUP_COLUMNS: &str = "id, las_key, name, group_type, las_kind, status, maps_to_key, parents_see_other_groups, year_group_keys, student_keys, version, last_message_id";
+
+fn stored_group(row: &sqlx::postgres::PgRow) -> Result<rules::StoredGroup, sqlx::Error> {
+    use sqlx::Row;
+    Ok(rules::StoredGroup {
+        id: row.try_get("id")?,
+        las_key: row.try_get("las_key")?,
+        name: row.try_get("name")?,
+        group_type: row.try_get("group_type")?,
+        las_kind: row.try_get("las_kind")?,
+        status: row.try_get("status")?,
+        maps_to_key: row.try_get("maps_to_key")?,
+        parents_see_other_groups: row.try_get("parents_see_other_groups")?,
+        year_group_keys: row.try_get("year_group_keys")?,
+        student_keys: row.try_get("student_keys")?,
+        version: row.try_get("version")?,
+        last_message_id: row.try_get("last_message_id")?,
+    })
+}
+
+/// The school's portal groups with these ids or LAS keys, locked, in id order.
+pub(super) async fn load_groups(
+    tx: &mut Transaction<'_, Postgres>,
+    school_id: i64,
+    ids: &[i64],
+    keys: &[String],
+) -> Result<Vec<rules::StoredGroup>, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GROUP_COLUMNS} FROM portal_groups
+         WHERE school_id = $1 AND (id = ANY($2) OR las_key = ANY($3))
+         ORDER BY id FOR UPDATE"
+    )))
+    .bind(school_id)
+    .bind(ids)
+    .bind(keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.iter().map(stored_group).collect::<Result<_, _>>()?)
+}
+
+/// Writes what the rules made of stored groups (by id).
+async fn save_groups(
+    tx: &mut Transaction<'_, Postgres>,
+    groups: &[rules::StoredGroup],
+) -> Result<(), StoreError> {
+    for g in groups {
+        sqlx::query(
+            "UPDATE portal_groups SET las_key = $2, name = $3, group_type = $4, las_kind = $5, status = $6,
+                 maps_to_key = $7, parents_see_other_groups = $8, year_group_keys = $9, student_keys = $10,
+                 version = $11, last_message_id = $12, updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(g.id)
+        .bind(&g.las_key)
+        .bind(&g.name)
+        .bind(&g.group_type)
+        .bind(&g.las_kind)
+        .bind(&g.status)
+        .bind(&g.maps_to_key)
+        .bind(g.parents_see_other_groups)
+        .bind(&g.year_group_keys)
+        .bind(&g.student_keys)
+        .bind(g.version)
+        .bind(g.last_message_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// R7 first run (the mapping was checked by `rules::check_first_run_mapping`):
+/// each mapped portal group becomes what `rules::map_first_run_group` makes
+/// of it. When the LAS group already arrived, the group the worker made for it
+/// hands over its key and items and is detached (listed as a leftover, never
+/// deleted). Portal groups no LAS group maps to are detached and listed as
+/// leftovers. Records the first run and its mapping, and journals each mapped
+/// group.
 pub(super) async fn first_run(
     tx: &mut Transaction<'_, Postgres>,
     school_id: i64,
     mapping: &[las_contracts::GroupMapping],
+    message_id: uuid::Uuid,
 ) -> Result<(), StoreError> {
     let keys: Vec<String> = mapping
         .iter()
         .map(|m| m.las_group_key.trim().to_owned())
         .collect();
     let ids: Vec<i64> = mapping.iter().map(|m| m.portal_group_id).collect();
+    let found = load_groups(tx, school_id, &ids, &keys).await?;
+    let mut mapped = Vec::new();
+    let mut from = Vec::new();
+    let mut to = Vec::new();
+    let mut journal = Journal::default();
+    for (key, id) in keys.iter().zip(&ids) {
+        let Some(portal) = found.iter().find(|g| g.id == *id) else {
+            continue;
+        };
+        let las = found
+            .iter()
+            .find(|g| g.id != *id && g.las_key.as_deref() == Some(key.as_str()));
+        if let Some(l) = las {
+            from.push(l.id);
+            to.push(*id);
+        }
+        let (group, decision) = rules::map_first_run_group(key, portal, las);
+        journal.push(
+            school_id,
+            message_id,
+            "group",
+            key,
+            group.version,
+            &[decision],
+        );
+        mapped.push(group);
+    }
+    // Items of the LAS group's own row go with its key to the mapped group;
+    // the row steps aside (frees the key for the unique index).
     sqlx::query(
-        "UPDATE portal_groups g SET las_key = NULL, status = 'detached', updated_at = now()
-         FROM UNNEST($2::text[], $3::int8[]) AS t(k, id)
-         WHERE g.school_id = $1 AND g.las_key = t.k AND g.id <> t.id",
+        "UPDATE group_items i SET group_id = t.to_id
+         FROM UNNEST($1::int8[], $2::int8[]) AS t(from_id, to_id)
+         WHERE i.group_id = t.from_id",
     )
-    .bind(school_id)
-    .bind(&keys)
-    .bind(&ids)
+    .bind(&from)
+    .bind(&to)
     .execute(&mut **tx)
     .await?;
     sqlx::query(
-        "UPDATE portal_groups g SET las_key = t.k, status = 'active', updated_at = now()
-         FROM UNNEST($2::text[], $3::int8[]) AS t(k, id)
-         WHERE g.school_id = $1 AND g.id = t.id",
+        "UPDATE portal_groups SET las_key = NULL, status = 'detached', updated_at = now()
+         WHERE id = ANY($1)",
     )
-    .bind(school_id)
-    .bind(&keys)
-    .bind(&ids)
+    .bind(&from)
     .execute(&mut **tx)
     .await?;
+    save_groups(tx, &mapped).await?;
     sqlx::query(
         "UPDATE portal_groups SET status = 'detached', updated_at = now()
          WHERE school_id = $1 AND las_key IS NULL AND group_type <> 'intake' AND status = 'active'",
@@ -52,11 +153,59 @@ pub(super) async fn first_run(
     .bind(school_id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE schools SET first_run_at = now() WHERE id = $1")
+    sqlx::query("UPDATE schools SET first_run_at = now(), group_mapping = $2 WHERE id = $1")
         .bind(school_id)
+        .bind(serde_json::to_value(mapping).unwrap_or_default())
         .execute(&mut **tx)
         .await?;
+    super::journal::write(tx, &journal).await?;
     Ok(())
+}
+
+/// R7: the school changed a setting that shapes its LAS groups
+/// (`rules::settings_replan_groups`): every LAS group is planned again now
+/// (`rules::replan_group`), without waiting for the LAS to send it. Memberships
+/// are by key, so they resolve to the new shape at once. Returns how many
+/// groups changed.
+pub(super) async fn replan(
+    tx: &mut Transaction<'_, Postgres>,
+    school_id: i64,
+    settings: &rules::SchoolSettings,
+    message_id: uuid::Uuid,
+) -> Result<usize, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GROUP_COLUMNS} FROM portal_groups
+         WHERE school_id = $1 AND las_kind IS NOT NULL AND status <> 'detached'
+         ORDER BY id FOR UPDATE"
+    )))
+    .bind(school_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut changed = Vec::new();
+    let mut journal = Journal::default();
+    for row in &rows {
+        let g = stored_group(row)?;
+        if let Some((new, decision)) = rules::replan_group(&g, settings) {
+            let replanned = rules::Decision {
+                action: rules::Action::GroupsReplanned,
+                ..decision
+            };
+            if let Some(k) = &new.las_key {
+                journal.push(
+                    school_id,
+                    message_id,
+                    "group",
+                    k,
+                    new.version,
+                    &[replanned, decision],
+                );
+            }
+            changed.push(new);
+        }
+    }
+    save_groups(tx, &changed).await?;
+    super::journal::write(tx, &journal).await?;
+    Ok(changed.len())
 }
 
 /// Groups (R7): the newest version per group wins; the rules decide the
@@ -108,15 +257,8 @@ pub(super) async fn apply_groups(
                 name.push(rules::normalize(&g.name));
                 las_kind.push(Some(g.kind.as_str()));
                 group_type.push(Some(shape.group_type()));
-                maps_to.push(match &shape {
-                    rules::GroupShape::Alias(y) => Some(y.clone()),
-                    _ => None,
-                });
-                status.push(if shape == rules::GroupShape::Skipped {
-                    "skipped"
-                } else {
-                    "active"
-                });
+                maps_to.push(shape.maps_to().map(str::to_owned));
+                status.push(shape.status());
                 years.push(join_keys(&g.year_group_keys));
                 students.push(if g.kind == las_contracts::GroupKind::Subclass {
                     join_keys(&g.student_keys)

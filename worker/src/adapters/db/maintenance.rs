@@ -47,7 +47,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.birth_date, p.las_group_keys, p.in_intake,
                     s.brin, s.las_system, s.environment_id, s.environment_label, s.intake_weeks_ahead, s.default_staff_role,
-                    s.link_staff_to_groups, s.esis_composite_groups, s.retention_days, s.snapshot_guard_percent, s.staff_phones, s.coupling
+                    s.link_staff_to_groups, s.esis_composite_groups, s.retention_days, s.snapshot_guard_percent, s.staff_phones,
+                    s.coupling, s.composite_groups_lead
              FROM profiles p JOIN schools s ON s.id = p.school_id
              WHERE p.kind = 'student' AND p.las_key IS NOT NULL
                AND (p.status = 'held' OR (p.status = 'active' AND p.in_intake))

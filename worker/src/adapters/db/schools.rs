@@ -1,4 +1,5 @@
-//! The `schools` table: link settings (R6) and the first run's group mapping.
+//! The `schools` table: link settings (R6) and the first run's group mapping
+//! (R7: checked here, applied by `groups::first_run`, once).
 
 use std::collections::HashMap;
 
@@ -36,10 +37,11 @@ pub(super) fn settings_from_row(
             .collect(),
         coupling: las_contracts::CouplingMode::parse(&row.try_get::<String, _>("coupling")?)
             .unwrap_or_default(),
+        composite_groups_lead: row.try_get("composite_groups_lead")?,
     })
 }
 
-pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones, coupling";
+pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones, coupling, composite_groups_lead";
 
 pub(super) async fn load_schools(
     tx: &mut Transaction<'_, Postgres>,
@@ -89,40 +91,44 @@ pub(super) async fn apply_link(
             ));
         }
     };
-    // R7 first run: the mapping must name portal groups of this school.
+    // R7 first run: a mapping the worker can apply, once.
     let mapping_entries = link.group_mapping.clone().unwrap_or_default();
     let school_id: Option<i64> = match &row {
         Some(r) => Some(r.try_get("id")?),
         None => None,
     };
-    let first_run_done: bool = match school_id {
+    let first_run: Option<serde_json::Value> = match school_id {
         Some(id) => {
-            sqlx::query_scalar("SELECT first_run_at IS NOT NULL FROM schools WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut **tx)
-                .await?
+            sqlx::query_scalar(
+                "SELECT group_mapping FROM schools WHERE id = $1 AND first_run_at IS NOT NULL",
+            )
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
         }
-        None => false,
+        None => None,
     };
-    if !mapping_entries.is_empty() && !first_run_done {
-        let ids: Vec<i64> = mapping_entries.iter().map(|m| m.portal_group_id).collect();
-        let found: Vec<i64> = match school_id {
-            Some(id) => {
-                sqlx::query_scalar(
-                    "SELECT id FROM portal_groups WHERE school_id = $1 AND id = ANY($2)",
-                )
-                .bind(id)
-                .bind(&ids)
-                .fetch_all(&mut **tx)
-                .await?
-            }
-            None => vec![],
-        };
-        if let Err(r) = rules::check_group_mapping(&link.brin, &ids, &found) {
-            return Ok(MessageOutcome::Rejected(
-                Rejection::new(r.reason, r.text).with_message_id(link.message_id),
-            ));
+    let first_run_done = first_run.is_some();
+    let checked = match (&first_run, school_id) {
+        _ if mapping_entries.is_empty() => Ok(()),
+        (Some(done), _) => {
+            let done: Vec<las_contracts::GroupMapping> =
+                serde_json::from_value(done.clone()).unwrap_or_default();
+            rules::check_mapping_after_first_run(&link.brin, &done, &mapping_entries)
         }
+        (None, id) => {
+            let ids: Vec<i64> = mapping_entries.iter().map(|m| m.portal_group_id).collect();
+            let found = match id {
+                Some(id) => super::groups::load_groups(tx, id, &ids, &[]).await?,
+                None => vec![],
+            };
+            rules::check_first_run_mapping(&link.brin, &mapping_entries, &found)
+        }
+    };
+    if let Err(r) = checked {
+        return Ok(MessageOutcome::Rejected(
+            Rejection::new(r.reason, r.text).with_message_id(link.message_id),
+        ));
     }
     let fresh = sqlx::query(
         "INSERT INTO processed_messages (message_id) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -134,12 +140,11 @@ pub(super) async fn apply_link(
     if fresh == 0 {
         return Ok(MessageOutcome::Duplicate);
     }
-    let mapping =
-        serde_json::to_value(link.group_mapping.clone().unwrap_or_default()).unwrap_or_default();
+    // `group_mapping` is stored by the first run (`groups::first_run`), once.
     sqlx::query(
         "INSERT INTO schools (brin, las_system, environment_id, environment_label, intake_weeks_ahead,
-             default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, group_mapping,
-             snapshot_guard_percent, staff_phones, coupling)
+             default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days,
+             snapshot_guard_percent, staff_phones, coupling, composite_groups_lead)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (brin) DO UPDATE SET
              environment_label = EXCLUDED.environment_label,
@@ -148,10 +153,10 @@ pub(super) async fn apply_link(
              link_staff_to_groups = EXCLUDED.link_staff_to_groups,
              esis_composite_groups = EXCLUDED.esis_composite_groups,
              retention_days = EXCLUDED.retention_days,
-             group_mapping = EXCLUDED.group_mapping,
              snapshot_guard_percent = EXCLUDED.snapshot_guard_percent,
              staff_phones = EXCLUDED.staff_phones,
              coupling = EXCLUDED.coupling,
+             composite_groups_lead = EXCLUDED.composite_groups_lead,
              updated_at = now()",
     )
     .bind(&link.brin)
@@ -163,7 +168,6 @@ pub(super) async fn apply_link(
     .bind(settings.link_staff_to_groups)
     .bind(settings.esis_composite_groups)
     .bind(settings.retention_days.min(i32::MAX as u32) as i32)
-    .bind(mapping)
     .bind(settings.snapshot_guard_percent.min(100) as i32)
     .bind(
         settings
@@ -173,6 +177,7 @@ pub(super) async fn apply_link(
             .collect::<Vec<_>>(),
     )
     .bind(settings.coupling.as_str())
+    .bind(settings.composite_groups_lead)
     .execute(&mut **tx)
     .await?;
     let decision = if existing.is_some() {
@@ -187,17 +192,24 @@ pub(super) async fn apply_link(
     }];
     if let Some(id) = school_id
         && !mapping_entries.is_empty()
+        && !first_run_done
     {
-        if first_run_done {
-            tracing::warn!(brin = %link.brin, "group_mapping ignored: the first run of this school already happened");
-        } else {
-            first_run(tx, id, &mapping_entries).await?;
-            decisions.push(Decision {
-                rule: rules::Rule::R7,
-                action: rules::Action::MappedToYearGroup,
-                field: None,
-            });
-        }
+        super::groups::first_run(tx, id, &mapping_entries, link.message_id).await?;
+        decisions.push(Decision {
+            rule: rules::Rule::R7,
+            action: rules::Action::FirstRunMapped,
+            field: None,
+        });
+    }
+    if let (Some(id), Some(old)) = (school_id, &existing)
+        && rules::settings_replan_groups(old, &settings)
+        && super::groups::replan(tx, id, &settings, link.message_id).await? > 0
+    {
+        decisions.push(Decision {
+            rule: rules::Rule::R7,
+            action: rules::Action::GroupsReplanned,
+            field: None,
+        });
     }
     Ok(MessageOutcome::Applied { decisions })
 }
@@ -221,6 +233,9 @@ pub struct SchoolView {
     pub staff_phones: Vec<String>,
     /// R13: `auto` or `review`.
     pub coupling: String,
+    /// R7: composite groups are listed first and lead (v1.3).
+    pub composite_groups_lead: bool,
+    /// The first run's mapping (empty until it happened).
     pub group_mapping: serde_json::Value,
     pub first_run_at: Timestamp,
     pub last_sync_at: Timestamp,
@@ -235,7 +250,7 @@ impl Store {
             "SELECT brin, las_system AS system, environment_id, environment_label AS label,
                 intake_weeks_ahead, default_staff_role, link_staff_to_groups,
                 esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones,
-                coupling, group_mapping, first_run_at,
+                coupling, composite_groups_lead, group_mapping, first_run_at,
                 last_sync_at, created_at, updated_at
          FROM schools WHERE brin = $1",
         )

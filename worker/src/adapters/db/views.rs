@@ -159,18 +159,22 @@ pub struct Leftover {
     pub portal_group_id: i64,
     pub name: Option<String>,
     pub las_key: Option<String>,
-    /// `removed_in_las` or `unmapped_at_first_run`.
+    /// `removed_in_las`, `unmapped_at_first_run`, or `replaced_at_first_run`
+    /// (the group the worker made for a LAS group that the first run mapped
+    /// onto a group of the school; its items moved there).
     pub reason: String,
     pub group_items: i64,
 }
 
 impl Store {
-    /// R7: portal groups no LAS group feeds: removed in the LAS, or not mapped
-    /// at the first run. They are never deleted; the school decides.
+    /// R7: portal groups no LAS group feeds: removed in the LAS, not mapped
+    /// at the first run, or replaced by a mapped group at the first run. They are never deleted; the school decides.
     pub async fn leftovers(&self, brin: &str) -> Result<Vec<Leftover>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT g.id AS portal_group_id, g.name, g.las_key,
-                    CASE WHEN g.las_key IS NULL THEN 'unmapped_at_first_run' ELSE 'removed_in_las' END AS reason,
+                    CASE WHEN g.las_key IS NOT NULL THEN 'removed_in_las'
+                         WHEN g.las_kind IS NOT NULL THEN 'replaced_at_first_run'
+                         ELSE 'unmapped_at_first_run' END AS reason,
                     (SELECT count(*) FROM group_items i WHERE i.group_id = g.id) AS group_items
              FROM portal_groups g JOIN schools s ON s.id = g.school_id
              WHERE s.brin = $1 AND g.status = 'detached'

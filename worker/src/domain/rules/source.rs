@@ -109,6 +109,7 @@ pub fn link_settings(
             phones
         },
         coupling: link.coupling.unwrap_or_default(),
+        composite_groups_lead: link.composite_groups_lead.unwrap_or(false),
     })
 }
 
@@ -197,6 +198,7 @@ mod tests {
             snapshot_guard_percent: None,
             staff_phones: None,
             coupling: None,
+            composite_groups_lead: None,
             emitted_at: None,
         }
     }
@@ -208,6 +210,13 @@ mod tests {
         assert!(s1.link_staff_to_groups);
         assert!(!s1.esis_composite_groups);
         assert_eq!(s1.intake_weeks_ahead, None);
+        assert!(
+            !s1.composite_groups_lead,
+            "R7: composite groups lead only when asked"
+        );
+        let mut l = link(LasSystem::Parnassys, "env", None);
+        l.composite_groups_lead = Some(true);
+        assert!(link_settings(Some(&s1), &l).unwrap().composite_groups_lead);
         assert!(link_settings(Some(&s1), &link(LasSystem::Parnassys, "env", None)).is_ok());
         let r = link_settings(Some(&s1), &link(LasSystem::Parnassys, "env-2", None)).unwrap_err();
         assert_eq!(r.reason, las_contracts::RejectReason::RelinkRefused);

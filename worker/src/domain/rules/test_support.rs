@@ -34,6 +34,7 @@ pub(crate) fn school(system: LasSystem) -> SchoolSettings {
         snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
         staff_phones: vec![],
         coupling: Default::default(),
+        composite_groups_lead: false,
     }
 }
 
