@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end demo of las-worker on this machine: two schools are linked, their
-# LAS exports flow through RabbitMQ into PostgreSQL, one bad message is
-# dead-lettered, and the result is shown.
+# End-to-end demo of las-worker on this machine: the go-live of a school that
+# already uses the portal. Two schools are linked; 12AB's existing accounts are
+# coupled to their LAS records (by e-mail, and one by the school's decision),
+# the first run renames a school-made group and keeps its items, a parent's
+# edit becomes a suggestion e-mail, another service receives the sync events,
+# and one bad message is dead-lettered.
 #
 # The demo has its own database (las_worker_demo) and RabbitMQ vhost
 # (las-demo), both wiped at the start, so it can be run again and again and
@@ -169,7 +172,7 @@ trap 'exit 143' TERM
 
 # ------------------------------------------------------------------------------
 
-printf '%slas-worker demo%s: two schools, from LAS export to portal profiles\n' "$BOLD" "$RESET"
+printf '%slas-worker demo%s: go-live at a school that already uses the portal\n' "$BOLD" "$RESET"
 
 step "Build las-worker"
 note "cargo build -p las-worker (quiet; the first build takes a few minutes)"
@@ -200,7 +203,7 @@ note "AMQP_URL=$AMQP_URL"
 
 step "Start the worker in the background"
 : >"$WORKER_LOG"
-LOG_FORMAT=json METRICS_ADDR="$METRICS_ADDR_DEMO" "$BIN" run >>"$WORKER_LOG" 2>&1 &
+LOG_FORMAT=json METRICS_ADDR="$METRICS_ADDR_DEMO" MAIL_DIR="$DEMO_DIR/mail" "$BIN" run >>"$WORKER_LOG" 2>&1 &
 WORKER_PID=$!
 WORKER_STARTED=1
 echo "$WORKER_PID" >"$WORKER_PID_FILE"
@@ -214,46 +217,128 @@ done
 [ "$code" = "200" ] || { show_worker_log_tail; die "$METRICS_URL/readyz did not answer 200 within 30 s (last: $code)"; }
 ok "ready: $METRICS_URL/readyz answers 200"
 
+step "Another service binds a queue to the sync events"
+cli events bind --queue demo-sync-events | sed 's/^/    /'
+note "las-worker events bind --queue demo-sync-events  (exchange las.sync-events, routing key #)"
+
 step "Link the two schools to their portal"
 cli publish "$EXAMPLES/link.parnassys.json" "$EXAMPLES/link.esis.json" | sed 's/^/    /'
 info "12AB -> ParnasSys (link.parnassys.json), 34CD -> ESIS (link.esis.json)"
 # Links and LAS changes travel through different queues; wait until both
 # links are applied so the changes find their schools linked.
 wait_handled 2 15
+HANDLED=2
 ok "both links applied"
 
-step "Send the LAS changes, a school-year rollover and one bad message"
+step "The portal of 12AB before go-live: accounts, a school-made group, a link administrator"
+note "(the demo plays the portal here and writes its rows with psql)"
+psql_demo() { psql -X -w -q -h "$PGHOST" -p "$PGPORT" -U postgres -d "$DEMO_DB" -v ON_ERROR_STOP=1 "$@"; }
+psql_demo <<'SQL'
+WITH s AS (SELECT id FROM schools WHERE brin = '12AB')
+INSERT INTO profiles (school_id, kind, las_key, status, first_name, last_name, email, role, preferences, last_login_at)
+SELECT s.id, p.kind, NULL, 'active', p.first, p.last, p.email, p.role, '{"taal": "nl"}', now() - interval '2 days'
+FROM s, (VALUES
+    ('guardian', 'Marieke', 'V.', 'Marieke.Voorbeeld@example.org', NULL),
+    ('guardian', 'Petra', 'de Proef', 'petra.deproef@example.org', NULL),
+    ('guardian', 'P.', 'de Proef', 'petra.deproef@example.org', NULL),
+    ('staff', 'Oud', 'Teamlid', 'oud.teamlid@example.org', 'Intern begeleider')) AS p(kind, first, last, email, role);
+WITH s AS (SELECT id FROM schools WHERE brin = '12AB'),
+     g AS (INSERT INTO portal_groups (school_id, name, group_type) SELECT id, 'Groep 3A', 'year' FROM s RETURNING id, school_id)
+INSERT INTO group_items (school_id, group_id, item_type, title)
+SELECT g.school_id, g.id, t.type, t.title FROM g, (VALUES ('news', 'Welkom in groep 3'), ('photo_album', 'Schoolreisje')) AS t(type, title);
+INSERT INTO portal_users (school_id, display_name, email, role)
+SELECT id, 'Juf Anouk (koppelbeheerder)', 'koppeling@school12ab.example', 'link_admin' FROM schools WHERE brin = '12AB';
+SQL
+{
+    echo "id kind name e-mail las_key"
+    psql_demo -At -F ' ' -c "SELECT p.id, p.kind, replace(p.first_name || '_' || p.last_name, ' ', '_'), p.email, coalesce(p.las_key, '(none)') FROM profiles p ORDER BY p.id"
+} | { if have column; then column -t; else cat; fi; } | sed 's/^/    /'
+GROUP_3A="$(psql_demo -At -c "SELECT id FROM portal_groups WHERE name = 'Groep 3A'")"
+info "portal group $GROUP_3A 'Groep 3A' (made by the school) with 2 group-bound items; a link administrator receives suggestions"
+
+step "Rehearse the go-live: import --dry-run of 12AB's full export"
+note "las-worker import --dry-run --summary-only contracts/examples/school-12AB.ndjson"
+cli import --dry-run --summary-only "$EXAMPLES/school-12AB.ndjson" 2>/dev/null | grep -E '^(dry run|messages|coupling)' | sed 's/^/    /'
+
+step "Go live: the LAS exports arrive, with one bad message"
 BROKEN="$DEMO_DIR/unknown-brin.json"
-uuid="$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo 00000000-0000-4000-8000-00000000dead)"
+uuid() { cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "00000000-0000-4000-8000-$(printf '%012d' "$RANDOM")"; }
 # The first change of 12AB, but for school 99ZZ, which no portal is linked to.
 head -n 1 "$EXAMPLES/school-12AB.ndjson" \
     | sed -e 's/"brin":"12AB"/"brin":"99ZZ"/' \
-        -e "s/\"message_id\":\"[^\"]*\"/\"message_id\":\"$uuid\"/" >"$BROKEN"
+        -e "s/\"message_id\":\"[^\"]*\"/\"message_id\":\"$(uuid)\"/" >"$BROKEN"
 n12="$(grep -c . "$EXAMPLES/school-12AB.ndjson")"
 n34="$(grep -c . "$EXAMPLES/school-34CD.ndjson")"
-cli publish "$EXAMPLES/school-12AB.ndjson" "$EXAMPLES/school-34CD.ndjson" \
-    "$EXAMPLES/school_year.rolled_over.json" "$BROKEN" | sed 's/^/    /'
+cli publish "$EXAMPLES/school-12AB.ndjson" "$EXAMPLES/school-34CD.ndjson" "$BROKEN" | sed 's/^/    /'
 info "school-12AB.ndjson        $n12 changes (groups, students, guardians, staff)"
 info "school-34CD.ndjson        $n34 changes"
-info "school_year.rolled_over   1 change (12AB moves to the next school year)"
 info "unknown-brin.json         1 change for school 99ZZ, which has no portal"
-PUBLISHED=$((2 + n12 + n34 + 1 + 1))
-wait_handled "$PUBLISHED" 30
-ok "the worker handled all $PUBLISHED messages"
+HANDLED=$((HANDLED + n12 + n34 + 1))
+wait_handled "$HANDLED" 30
+ok "the worker handled all $HANDLED messages so far"
 
-# ------------------------------------------------------------------------------
+step "First run: the school maps LAS group G3 onto its own 'Groep 3A'"
+FIRST_RUN="$DEMO_DIR/link-first-run.json"
+sed -e "s/\"message_id\": \"[^\"]*\"/\"message_id\": \"$(uuid)\"/" \
+    -e "s/\"group_mapping\": null/\"group_mapping\": [{\"las_group_key\": \"G3\", \"portal_group_id\": $GROUP_3A}]/" \
+    "$EXAMPLES/link.parnassys.json" >"$FIRST_RUN"
+cli publish "$FIRST_RUN" | sed 's/^/    /'
+HANDLED=$((HANDLED + 1))
+wait_handled "$HANDLED" 15
+{
+    echo "id name las_key items"
+    psql_demo -At -F ' ' -c "SELECT g.id, replace(coalesce(g.name, '-'), ' ', '_'), coalesce(g.las_key, '(none)'), (SELECT count(*) FROM group_items i WHERE i.group_id = g.id) FROM portal_groups g JOIN schools s ON s.id = g.school_id WHERE s.brin = '12AB' ORDER BY g.id"
+} | { if have column; then column -t; else cat; fi; } | sed 's/^/    /'
+ok "'Groep 3A' (id $GROUP_3A) is renamed to the LAS name 'Groep 3' at once and keeps its items (R7)"
+note "the group the worker had made for G3 before the mapping is detached and empty: las-worker groups leftovers --brin 12AB"
+
+heading "Niet gekoppelde profielen (las-worker profiles unlinked --brin 12AB)"
+cli profiles unlinked --brin 12AB | sed 's/^/    /'
+info "Marieke's account was coupled by its e-mail; the LAS record O2003 waits: two"
+info "accounts share its e-mail. 'Oud Teamlid' is claimed by no LAS record."
+
+step "The school couples O2003 to the first of the two accounts (portal.coupling.v1)"
+PETRA="$(psql_demo -At -c "SELECT min(id) FROM profiles WHERE email = 'petra.deproef@example.org' AND las_key IS NULL")"
+COUPLE="$DEMO_DIR/coupling.json"
+printf '{"schema": "portal.coupling.v1", "message_id": "%s", "brin": "12AB", "action": "couple", "entity_kind": "guardian", "las_key": "O2003", "portal_profile_id": %s}\n' \
+    "$(uuid)" "$PETRA" >"$COUPLE"
+cli publish "$COUPLE" | sed 's/^/    /'
+HANDLED=$((HANDLED + 1))
+wait_handled "$HANDLED" 15
+ok "guardian O2003 is portal profile $PETRA now: $(psql_demo -At -c "SELECT las_key FROM profiles WHERE id = $PETRA")"
+
+step "Marieke proposes a new address and mobile number in the portal (portal.parent_edit.v1)"
+cli publish "$EXAMPLES/parent_edit.json" | sed 's/^/    /'
+HANDLED=$((HANDLED + 1))
+wait_handled "$HANDLED" 15
+for ((i = 0; i < 40; i++)); do
+    EML="$(find "$DEMO_DIR/mail" -name '*.eml' 2>/dev/null | head -n 1)"
+    [ -n "$EML" ] && break
+    sleep 0.25
+done
+[ -n "$EML" ] || die "no suggestion e-mail appeared in .demo/mail"
+heading "The suggestion e-mail to the school (R10), $(basename "$EML")"
+# The plain-text part; the HTML part below it says the same.
+sed '/^Content-Type: text\/html/,$d' "$EML" | sed 's/^/    /'
 
 heading "Profiles per school (las-worker summary)"
 cli summary | sed 's/^/    /'
 
-# Las keys from contracts/examples/school-12AB.ndjson.
-for who in student:L1001 guardian:O2001 staff:M3001; do
-    kind="${who%%:*}" key="${who#*:}"
-    heading "The $kind $key of school 12AB"
-    note "las-worker show --brin 12AB --kind $kind --las-key $key"
-    cli show --brin 12AB --kind "$kind" --las-key "$key" </dev/null | sed 's/^/    /' \
-        || info "(no $kind with las key $key)"
+heading "Marieke's account after go-live (las-worker show --brin 12AB --kind guardian --las-key O2001)"
+cli show --brin 12AB --kind guardian --las-key O2001 </dev/null | sed 's/^/    /'
+
+heading "Sync events another service received (las-worker events take --queue demo-sync-events)"
+EVENTS="$DEMO_DIR/sync-events.ndjson"
+: >"$EVENTS"
+# The relay publishes after the commit: wait for both couplings' events.
+for ((i = 0; i < 40; i++)); do
+    cli events take --queue demo-sync-events >>"$EVENTS"
+    [ "$(grep -c '"profile.coupled"' "$EVENTS")" -ge 2 ] && break
+    sleep 0.25
 done
+sed -n 's/.*"event_type":"\([a-z._]*\)".*/\1/p' "$EVENTS" | sort | uniq -c | sed 's/^/    /'
+info "the couplings (ids only, never names):"
+grep -F '"profile.coupled"' "$EVENTS" | sed 's/^/      /'
 
 heading "Queues in vhost $DEMO_VHOST (rabbitmqctl list_queues)"
 DEAD_LETTERS="$(metric_lines las_dead_letters_total | awk '{ s += $NF } END { print s + 0 }')"
@@ -291,36 +376,30 @@ rm -f "$WORKER_PID_FILE"
 ok "the worker finished its batch in flight and exited 0"
 WORKER_PID=""
 
-ROLLOVER_OUTCOME="$(grep -F 'type="school_year.rolled_over"' <<<"$FINAL_METRICS" \
-    | sed -n 's/.*outcome="\([a-z]*\)".*/\1/p' | head -n 1)"
-if [ "$ROLLOVER_OUTCOME" = "rejected" ]; then
-    ROLLOVER_TEXT="  * The school-year rollover of 12AB was not applied: this worker version
-    does not implement it yet (rule R11), so it went to the dead-letter queue
-    as 'unsupported', kept to be replayed after an upgrade."
-else
-    ROLLOVER_TEXT="  * The school-year rollover of 12AB came after the changes in the same
-    queue and was handled in order (outcome: ${ROLLOVER_OUTCOME:-unknown})."
-fi
-
 cat <<EOF
 
-${BOLD}What you just saw${RESET}
+${BOLD}What you just saw: a go-live at a school that already uses the portal${RESET}
   * The portal linked school 12AB to ParnasSys and 34CD to ESIS
-    (portal.link.v1 messages on exchange portal.requests).
-  * The LAS exports of both schools arrived as las.change.v1 messages on
-    exchange las.changes. The worker applied them in batches, one database
-    transaction per batch, and turned them into portal profiles: the
-    summary counts them per school, kind and status, and 'show' prints one.
-$ROLLOVER_TEXT
+    (portal.link.v1 on exchange portal.requests).
+  * 12AB already had accounts. A dry run of its export showed the coupling
+    plan before anything was written (R13).
+  * The LAS exports arrived as las.change.v1 on exchange las.changes. Marieke's
+    account was coupled to her LAS record by its e-mail: she keeps her login and
+    preferences, and the LAS's fields replace the portal's (R1-R5). The record
+    whose e-mail two accounts share waited, invisible, until the school coupled
+    it with a portal.coupling.v1 message. 'Oud Teamlid' is listed as claimed by
+    no LAS record: the LAS will never sync it.
+  * The first run mapped LAS group G3 onto the school's 'Groep 3A': it took the
+    LAS name at once and kept its news item and photo album (R7).
+  * A parent's edit did not change the portal (the LAS is leading) but became a
+    suggestion e-mail to the school's link administrator (R10).
+  * Another service's queue received the sync events: profile.coupled for the
+    couplings, profile.created for the new profiles, ids only.
   * The change for school 99ZZ was refused (no portal is linked to it) and
-    moved to the dead-letter queue with its reason in the headers, instead
-    of being retried forever or silently dropped.
-  * The dead-letter queue las-worker.dead-letter now holds $DEAD_LETTERS message(s),
-    each with its reason (headers x-las-reason-code, x-las-reason), waiting
-    for a person to fix the cause and replay them.
-  * /metrics counts every message by type and outcome; /readyz told us when
-    the worker was consuming. On SIGTERM the worker finished its batch and
-    stopped cleanly.
+    moved to the dead-letter queue with its reason in the headers; it holds
+    $DEAD_LETTERS message(s) now, waiting for a person to fix and replay them.
+  * /metrics counts every message by type and outcome; on SIGTERM the worker
+    finished its batch and stopped cleanly.
 
   Look further:   less .demo/worker.log      (the worker's JSON log)
                   DATABASE_URL=$DATABASE_URL \\

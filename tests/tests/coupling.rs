@@ -748,3 +748,95 @@ async fn r13_intake_children_couple_too_and_a_waiting_record_ends_with_its_remov
     assert!(out.contains("\"waits_expired\":1"), "{out}");
     assert_eq!(unlinked(&env, "12AB")["waiting"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r13_import_dry_run_shows_the_go_live_coupling_plan_of_the_example_school_and_writes_nothing()
+ {
+    let env = TestEnv::start().await;
+    env.link(TestEnv::example("link.parnassys.json")).await;
+    // The example school's portal before go-live: one parent who couples by
+    // e-mail, two accounts that share another parent's e-mail (that record
+    // waits), and a former teacher no LAS record will claim.
+    let marieke = portal_profile(
+        &env,
+        "12AB",
+        "guardian",
+        "Marieke",
+        "V.",
+        Some("Marieke.Voorbeeld@example.org"),
+        None,
+        None,
+    )
+    .await;
+    portal_profile(
+        &env,
+        "12AB",
+        "guardian",
+        "Petra",
+        "P.",
+        Some("petra.deproef@example.org"),
+        None,
+        None,
+    )
+    .await;
+    portal_profile(
+        &env,
+        "12AB",
+        "guardian",
+        "Piet",
+        "P.",
+        Some("petra.deproef@example.org"),
+        None,
+        None,
+    )
+    .await;
+    portal_profile(
+        &env,
+        "12AB",
+        "staff",
+        "Oud",
+        "Teamlid",
+        Some("oud.teamlid@example.org"),
+        None,
+        Some("Leerkracht"),
+    )
+    .await;
+
+    let export = example_path("school-12AB.ndjson");
+    let (code, out, err) = env.cli_output(&[
+        "import",
+        "--dry-run",
+        "--format",
+        "json",
+        "--summary-only",
+        &export,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let totals: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(totals["record"], "totals");
+    // 18 profiles in the export (8 students, 8 guardians, 2 staff).
+    assert_eq!(totals["coupling"]["coupled"], 1, "{totals}");
+    assert_eq!(totals["coupling"]["waiting"], 1, "{totals}");
+    assert_eq!(totals["coupling"]["new_profiles"], 16, "{totals}");
+    assert_eq!(
+        totals["coupling"]["unclaimed"], 3,
+        "the two accounts of the waiting record and the former teacher: {totals}"
+    );
+
+    // A dry run writes nothing.
+    assert_eq!(row(&env, marieke).await.0, None);
+    assert_eq!(profiles_of(&env, "12AB").await, 4);
+    let waits: i64 = sqlx::query_scalar("SELECT count(*) FROM coupling_waits")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(waits, 0);
+
+    // The same plan for people.
+    let (code, out, _) = env.cli_output(&["import", "--dry-run", "--summary-only", &export]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("coupling (R13): 1 coupled to existing portal profiles, 16 new profiles, 1 waiting for the school, 3 portal profiles no LAS record claimed"),
+        "{out}"
+    );
+}

@@ -598,6 +598,12 @@ async fn every_new_command_has_help_with_an_example() {
         vec!["dlq", "purge"],
         vec!["school", "configure"],
         vec!["school", "show"],
+        vec!["profiles", "unlinked"],
+        vec!["profiles", "couple"],
+        vec!["profiles", "create"],
+        vec!["profiles", "uncouple"],
+        vec!["events", "bind"],
+        vec!["events", "take"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");

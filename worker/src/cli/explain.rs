@@ -255,6 +255,18 @@ pub fn sentence(rule: &str, action: &str, field: Option<&str>, context: Context)
         ("R12", "erased") => {
             "personal data erased on request (the right to erasure) and deactivated; the LAS brings it back only with a newer record".to_owned()
         }
+        ("R13", "coupled") => {
+            "coupled to the school's existing portal profile (its login, portal-only data and role stay)".to_owned()
+        }
+        ("R13", "awaiting_coupling") => {
+            "waits for the school's coupling decision: not applied to any portal profile, not visible".to_owned()
+        }
+        ("R13", "create_decided") => {
+            "the school decided this LAS record gets a new portal profile".to_owned()
+        }
+        ("R13", "uncoupled") => {
+            "uncoupled by the school: the portal profile keeps its data, the LAS record waits again".to_owned()
+        }
         ("R12", "deactivated") => {
             "deactivated (removed in the LAS) and out of all groups".to_owned()
         }

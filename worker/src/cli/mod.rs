@@ -15,6 +15,7 @@ use crate::app::runtime::{self, open_store};
 use crate::app::settings::{BrokerArgs, RunArgs, SecretUrl};
 
 pub mod dlq;
+pub mod events;
 pub mod explain;
 pub mod groups;
 pub mod import;
@@ -130,6 +131,10 @@ pub enum Command {
     /// Inspect, replay and purge dead letters (queue las-worker.dead-letter).
     #[command(subcommand)]
     Dlq(crate::cli::dlq::DlqCommand),
+    /// A queue of one's own on the sync events, as another service binds it:
+    /// see what the worker announced.
+    #[command(subcommand)]
+    Events(crate::cli::events::EventsCommand),
     /// Profiles: coupling LAS records to existing portal profiles (R13,
     /// go-live) and the right to erasure (AVG art. 17).
     #[command(subcommand, visible_alias = "profiles")]
@@ -355,6 +360,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             explain::journal(store.pool(), &cmd).await
         }
         Command::Dlq(cmd) => dlq::run(&cmd).await,
+        Command::Events(cmd) => events::run(&cmd).await,
         Command::Profile(ProfileCommand::Unlinked { brin }) => profiles::unlinked(db, &brin).await,
         Command::Profile(ProfileCommand::Couple { record, profile_id }) => {
             profiles::decide(db, &record, CouplingAction::Couple, Some(profile_id)).await

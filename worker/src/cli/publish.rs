@@ -82,8 +82,15 @@ fn route(body: &str, v: &serde_json::Value) -> anyhow::Result<(String, String)> 
             };
             Ok((PORTAL_REQUESTS_EXCHANGE.into(), key))
         }
+        Some("portal.coupling.v1") => {
+            let key = match serde_json::from_str::<las_contracts::CouplingV1>(body) {
+                Ok(m) => las_contracts::coupling_routing_key(&m),
+                Err(_) => format!("portal.{brin}.coupling"),
+            };
+            Ok((PORTAL_REQUESTS_EXCHANGE.into(), key))
+        }
         other => bail!(
-            "unknown schema {other:?}; expected las.change.v1, portal.link.v1 or portal.parent_edit.v1"
+            "unknown schema {other:?}; expected las.change.v1, portal.link.v1, portal.parent_edit.v1 or portal.coupling.v1"
         ),
     }
 }
@@ -134,6 +141,12 @@ mod tests {
                 las_contracts::PORTAL_REQUESTS_EXCHANGE.to_owned(),
                 las_contracts::parent_edit_routing_key(&typed)
             )
+        );
+        let coupling = example("coupling.json");
+        assert_eq!(
+            routed(&coupling).1,
+            "portal.12AB.coupling",
+            "R13 decisions go to the portal queue"
         );
     }
 

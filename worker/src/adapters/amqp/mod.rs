@@ -21,6 +21,7 @@ use las_contracts::{CHANGES_QUEUE, PORTAL_QUEUE};
 
 pub mod consumer;
 pub mod dead_letters;
+pub mod event_tap;
 pub mod publish;
 pub mod topology;
 

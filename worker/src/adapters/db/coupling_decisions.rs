@@ -140,10 +140,13 @@ pub(super) async fn apply_coupling(
     let Some((_, stored)) = wait else {
         return Ok(());
     };
-    let change: LasChangeV1 = serde_json::from_value(stored).map_err(|_| unreadable_wait())?;
+    let mut change: LasChangeV1 = serde_json::from_value(stored).map_err(|_| unreadable_wait())?;
+    // The decision is what applies the stored record now: the journal, the
+    // profile's last message and the sync event name the decision's message.
+    change.message_id = msg.message_id;
     let pk: ProfileKey = (school.id, kind, key.clone());
     delete_waits(tx, std::slice::from_ref(&pk)).await?;
-    let (forced, label, action) = match &target {
+    let (forced, label) = match &target {
         Some(r) => (
             Forced::Couple {
                 id: r.try_get("id")?,
@@ -153,19 +156,10 @@ pub(super) async fn apply_coupling(
                 )),
             },
             "manual",
-            Action::Coupled,
         ),
-        None => (Forced::New, "created", Action::CreateDecided),
+        None => (Forced::New, "created"),
     };
     *effects.couplings.entry(label).or_default() += 1;
-    journal.push(
-        school.id,
-        msg.message_id,
-        kind.as_str(),
-        &key,
-        change.version as i64,
-        &[rule::decision(action)],
-    );
     let schools: HashMap<i64, &School> = HashMap::from([(school.id, &school)]);
     apply_profiles(
         tx,
@@ -376,4 +370,23 @@ impl Store {
             unclaimed,
         }))
     }
+}
+
+/// R13: active portal profiles of these schools that no LAS record claimed,
+/// on the caller's connection (so `import --dry-run` counts inside its
+/// transaction).
+pub async fn unclaimed_profiles(
+    conn: &mut sqlx::PgConnection,
+    brins: &[String],
+) -> Result<i64, StoreError> {
+    if brins.is_empty() {
+        return Ok(0);
+    }
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM profiles p JOIN schools s ON s.id = p.school_id
+         WHERE s.brin = ANY($1) AND p.las_key IS NULL AND p.status = 'active'",
+    )
+    .bind(brins)
+    .fetch_one(&mut *conn)
+    .await?)
 }

@@ -27,7 +27,7 @@ pub mod suggestions;
 pub mod views;
 
 pub use crate::domain::outcome::{BatchEffects, Events, MessageOutcome};
-pub use coupling_decisions::{UnclaimedProfile, Unlinked, WaitingRecord};
+pub use coupling_decisions::{UnclaimedProfile, Unlinked, WaitingRecord, unclaimed_profiles};
 pub use email_outbox::OutboxEmail;
 use error::lost_insert_race;
 pub use error::{StoreError, classify};

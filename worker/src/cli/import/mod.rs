@@ -28,7 +28,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use super::{OutputFormat, json_line};
 
 mod report;
-use crate::adapters::db::{BatchEffects, MessageOutcome, Store, StoreError};
+use crate::adapters::db::{BatchEffects, MessageOutcome, Store, StoreError, unclaimed_profiles};
 use crate::app::pipeline::{Applied, BatchApplier, RetryControl, apply_isolating, refused};
 use crate::domain::message::{self, Inbound, Rejection};
 use crate::domain::rules::{Action, Contact, Decision, Field, LasProfile, ProfileKind};
@@ -128,6 +128,16 @@ pub async fn run(store: &Store, args: &ImportArgs) -> anyhow::Result<ExitCode> {
         .await?;
     }
     progress.finish(&totals);
+    // R13: the portal profiles no LAS record claimed, as the import leaves them.
+    let brins: Vec<String> = totals.brins.iter().cloned().collect();
+    totals.coupling.unclaimed = match dry.as_mut() {
+        Some(tx) => unclaimed_profiles(tx, &brins).await,
+        None => {
+            let mut conn = store.pool().acquire().await?;
+            unclaimed_profiles(&mut conn, &brins).await
+        }
+    }
+    .context("counting the portal profiles no LAS record claimed")?;
     if let Some(tx) = dry {
         tx.rollback().await.context("rolling back the dry run")?;
     }
@@ -169,7 +179,20 @@ async fn process_chunk(
     };
     for ((k, n), v) in applied.effects.profiles {
         *totals.profiles.entry(format!("{k}:{n}")).or_default() += v;
+        if n == "created" || n == "held" {
+            totals.coupling.new_profiles += v;
+        }
     }
+    for (k, v) in &applied.effects.couplings {
+        match *k {
+            "auto" | "manual" => totals.coupling.coupled += v,
+            "waiting" => totals.coupling.waiting += v,
+            _ => {}
+        }
+    }
+    totals
+        .brins
+        .extend(msgs.iter().map(|m| m.brin().to_owned()));
     let mut results = applied.outcomes.iter().zip(values);
     for item in items {
         totals.messages += 1;
@@ -319,6 +342,9 @@ async fn apply(
                         all.before.extend(c.before);
                         for (k, v) in c.effects.profiles {
                             *all.effects.profiles.entry(k).or_default() += v;
+                        }
+                        for (k, v) in c.effects.couplings {
+                            *all.effects.couplings.entry(k).or_default() += v;
                         }
                     }
                     Err(e) => all.outcomes.push(refused(m, &e)),

@@ -184,6 +184,24 @@ pub(super) struct Totals {
     pub(super) reasons: BTreeMap<String, u64>,
     /// Profiles per kind and change (`student:created`).
     pub(super) profiles: BTreeMap<String, u64>,
+    /// R13: the coupling plan of a go-live.
+    pub(super) coupling: CouplingPlan,
+    /// The schools the input named.
+    #[serde(skip)]
+    pub(super) brins: std::collections::BTreeSet<String>,
+}
+
+/// R13: what an import does with the portal profiles a school already has.
+#[derive(Debug, Default, Serialize)]
+pub(super) struct CouplingPlan {
+    /// LAS records coupled to an existing portal profile.
+    pub(super) coupled: u64,
+    /// New portal profiles.
+    pub(super) new_profiles: u64,
+    /// LAS records waiting for the school's decision.
+    pub(super) waiting: u64,
+    /// Portal profiles of these schools no LAS record claimed.
+    pub(super) unclaimed: i64,
 }
 
 impl Totals {
@@ -298,6 +316,14 @@ pub(super) fn write_totals(out: &mut impl Write, t: &Totals) -> std::io::Result<
     if !t.profiles.is_empty() {
         let p: Vec<String> = t.profiles.iter().map(|(k, v)| format!("{k} {v}")).collect();
         writeln!(out, "profiles: {}", p.join(", "))?;
+    }
+    let c = &t.coupling;
+    if c.coupled + c.waiting > 0 || c.unclaimed > 0 {
+        writeln!(
+            out,
+            "coupling (R13): {} coupled to existing portal profiles, {} new profiles, {} waiting for the school, {} portal profiles no LAS record claimed",
+            c.coupled, c.new_profiles, c.waiting, c.unclaimed
+        )?;
     }
     if !t.reasons.is_empty() {
         let p: Vec<String> = t.reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
