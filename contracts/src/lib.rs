@@ -368,7 +368,8 @@ pub enum PortalLinkSchema {
 ///
 /// Routing key: `portal.<brin>.link`. Settings left out take the defaults of
 /// the rules: no intake group, role `Leerkracht`, staff linked to groups, no
-/// ESIS composite groups, 365 days retention.
+/// ESIS composite groups, retention from the schools' privacy statements
+/// (seed 003: two years after leaving; year-bound records until the rollover).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "portal.link.v1")]
 pub struct PortalLinkV1 {
@@ -395,7 +396,9 @@ pub struct PortalLinkV1 {
     /// Create composite groups for ESIS (R7); default false.
     #[serde(default)]
     pub esis_composite_groups: Option<bool>,
-    /// Days after deactivation before personal data is purged (R12); default 365.
+    /// Days after deactivation before the personal data of a pupil or a
+    /// guardian is purged (R12); default 730 since v1.3 (seed 003: the pupil
+    /// file is kept two years after the child leaves; it was 365).
     #[serde(default)]
     pub retention_days: Option<u32>,
     /// First run: LAS groups mapped onto existing portal groups (R7).
@@ -418,6 +421,17 @@ pub struct PortalLinkV1 {
     /// for the school's decision (`portal.coupling.v1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coupling: Option<CouplingMode>,
+    /// Added in v1.3: days after deactivation before a staff member's
+    /// personal data is purged (R12); default 730, like the pupils'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staff_retention_days: Option<u32>,
+    /// Added in v1.3: school years for which absence reports, leave requests
+    /// and after-school-care registrations stay after the year rolls over
+    /// (R11/R12); default 0 (deleted at the rollover, seed 000), at most 5
+    /// (seed 003: the school keeps absence data five years, in its LAS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 5))]
+    pub year_records_kept_years: Option<u32>,
     /// Added in v1.3: "samengestelde groepen en jaargroepen omdraaien":
     /// composite groups are listed first and lead (R7); default false. The
     /// worker stores it (`schools.composite_groups_lead`) for the portal.

@@ -739,7 +739,8 @@ async fn r13_intake_children_couple_too_and_a_waiting_record_ends_with_its_remov
         .await;
     env.wait_handled(5).await;
     assert_eq!(unlinked(&env, "12AB")["waiting"][0]["las_key"], "O6");
-    sqlx::query("UPDATE coupling_waits SET updated_at = now() - interval '366 days'")
+    // The school's term: 730 days by default (seed 003).
+    sqlx::query("UPDATE coupling_waits SET updated_at = now() - interval '731 days'")
         .execute(&env.db)
         .await
         .unwrap();

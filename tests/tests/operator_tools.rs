@@ -496,7 +496,15 @@ async fn school_configure_links_and_refuses_a_second_environment() {
     assert_eq!(s["environment_id"], "env-a");
     assert_eq!(s["system"], "parnassys");
     assert_eq!(s["default_staff_role"], "Juf");
-    assert_eq!(s["retention_days"], 365);
+    assert_eq!(
+        s["retention_days"], 730,
+        "seed 003: the pupil file's two years"
+    );
+    assert_eq!(s["staff_retention_days"], 730);
+    assert_eq!(
+        s["year_records_kept_years"], 0,
+        "seed 000: deleted at the rollover"
+    );
     assert!(s["first_run_at"].is_null() && s["last_sync_at"].is_null());
     let (code, out, _) = env.cli_output(&["school", "show", "--brin", "56EF"]);
     assert_eq!(

@@ -918,3 +918,113 @@ async fn r12_a_profile_is_erased_on_request_and_returns_only_with_a_newer_record
         "the return comes after the erasure: {explained}"
     );
 }
+
+/// Issue #18: retention terms per category, from the schools' own statements.
+/// Seed 003 keeps the pupil file two years after a child leaves (the default
+/// term of pupils and guardians, 730 days) and absence data five years (in
+/// the LAS); seed 000 deletes absence reports and leave requests at the
+/// rollover (the default), a school may keep them up to five school years.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_retention_terms_per_category_staff_pupils_and_year_bound_records() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    env.link(json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "system": "parnassys",
+                    "environment_id": P, "staff_retention_days": 10, "year_records_kept_years": 1}))
+        .await;
+    env.link(json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "34CD", "system": "parnassys",
+                    "environment_id": "other"}))
+        .await;
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Kind", "birth_date": "2018-01-01"})),
+        change("12AB", parnassys(P), 1, json!({"type": "staff.upserted", "las_key": "T1", "first_name": "Juf", "email": "juf@school.example"})),
+        change("12AB", parnassys(P), 2, json!({"type": "student.removed", "las_key": "S1"})),
+        change("12AB", parnassys(P), 2, json!({"type": "staff.removed", "las_key": "T1"})),
+    ])
+    .await;
+    env.wait_handled(6).await;
+    sqlx::query("UPDATE profiles SET deactivated_at = '2026-10-01T12:00:00Z'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    // 60 days later: past the staff term (10 days), within the pupils' (730).
+    let (code, out) = env.cli(&["tick", "--date", "2026-11-30"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"purged\":1"), "{out}");
+    assert_eq!(
+        env.show("12AB", "staff", "T1").unwrap()["first_name"],
+        Value::Null
+    );
+    assert_eq!(
+        env.show("12AB", "student", "S1").unwrap()["first_name"],
+        "Kind",
+        "the pupil file's two years"
+    );
+    // Two years and a day after leaving, the pupil's data goes too.
+    let (code, out) = env.cli(&["tick", "--date", "2028-10-02"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"purged\":1"), "{out}");
+    assert_eq!(
+        env.show("12AB", "student", "S1").unwrap()["first_name"],
+        Value::Null
+    );
+
+    // Year-bound records: 12AB keeps one more school year, 34CD the default.
+    for brin in ["12AB", "34CD"] {
+        sqlx::query(
+            "INSERT INTO absence_reports (school_id, student_key, school_year)
+             SELECT id, 'S1', y FROM schools, unnest(ARRAY['2024-2025', '2025-2026', '2026-2027']) y WHERE brin = $1",
+        )
+        .bind(brin)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    env.publish(&[
+        change(
+            "12AB",
+            parnassys(P),
+            1,
+            json!({"type": "school_year.rolled_over", "school_year": "2027-2028"}),
+        ),
+        change(
+            "34CD",
+            parnassys("other"),
+            1,
+            json!({"type": "school_year.rolled_over", "school_year": "2027-2028"}),
+        ),
+    ])
+    .await;
+    env.wait_handled(8).await;
+    let years = |brin: &'static str| {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT a.school_year FROM absence_reports a JOIN schools s ON s.id = a.school_id WHERE s.brin = $1 ORDER BY 1",
+            )
+            .bind(brin)
+            .fetch_all(&db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        years("12AB").await,
+        vec!["2026-2027".to_owned()],
+        "one school year kept"
+    );
+    assert!(
+        years("34CD").await.is_empty(),
+        "seed 000: deleted at the rollover"
+    );
+
+    // More than five years is refused with a reason.
+    env.publish(&[json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "system": "parnassys",
+                         "environment_id": P, "year_records_kept_years": 6})])
+        .await;
+    let letters = env.wait_dead_letters(1).await;
+    assert_eq!(letters[0].0["x-las-reason-code"], "validation_failed");
+    assert!(
+        letters[0].0["x-las-reason"].contains("at most 5"),
+        "{:?}",
+        letters[0].0
+    );
+}

@@ -22,6 +22,8 @@ fn school(system: LasSystem) -> SchoolSettings {
         snapshot_guard_percent: 10,
         staff_phones: vec![],
         coupling: Default::default(),
+        staff_retention_days: 730,
+        year_records_kept_years: 0,
         composite_groups_lead: false,
     }
 }

@@ -72,9 +72,17 @@ pub struct ConfigureArgs {
     /// R7: create ESIS composite groups (default false).
     #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
     pub esis_composite_groups: Option<bool>,
-    /// R12: days after deactivation before personal data is purged (default 365).
+    /// R12: days after deactivation before a pupil's or guardian's personal
+    /// data is purged (default 730: the pupil file's two years, seed 003).
     #[arg(long)]
     pub retention_days: Option<u32>,
+    /// R12: the same for staff (default 730).
+    #[arg(long)]
+    pub staff_retention_days: Option<u32>,
+    /// R11/R12: school years that absence reports, leave requests and
+    /// after-school-care registrations stay after the rollover (0-5, default 0).
+    #[arg(long)]
+    pub year_records_kept_years: Option<u32>,
     /// Staff phone numbers published to parents: `phone`, `mobile`, both
     /// (`phone,mobile`) or `none` (the default). Others are never imported.
     #[arg(long, value_name = "phone,mobile|none", value_parser = parse_staff_phones)]
@@ -171,6 +179,14 @@ pub fn link_message(args: &ConfigureArgs, current: Option<&SchoolView>) -> serde
             None => current.map(|c| c.staff_phones.clone()).unwrap_or_default(),
         },
         "coupling": args.coupling.clone().or_else(|| current.map(|c| c.coupling.clone())),
+        "staff_retention_days": args
+            .staff_retention_days
+            .map(i64::from)
+            .or_else(|| current.map(|c| i64::from(c.staff_retention_days))),
+        "year_records_kept_years": args
+            .year_records_kept_years
+            .map(i64::from)
+            .or_else(|| current.map(|c| i64::from(c.year_records_kept_years))),
         "composite_groups_lead": args
             .composite_groups_lead
             .or_else(|| current.map(|c| c.composite_groups_lead)),
@@ -273,6 +289,8 @@ mod tests {
             snapshot_guard_percent: 20,
             staff_phones: vec!["mobile".into()],
             coupling: "review".into(),
+            staff_retention_days: 200,
+            year_records_kept_years: 3,
             composite_groups_lead: true,
             group_mapping: serde_json::json!([]),
             first_run_at: None,
@@ -291,6 +309,8 @@ mod tests {
         );
         assert_eq!(m["staff_phones"], serde_json::json!(["mobile"]));
         assert_eq!(m["coupling"], "review", "kept");
+        assert_eq!(m["staff_retention_days"], 200, "kept");
+        assert_eq!(m["year_records_kept_years"], 3, "kept");
         let m = link_message(&args(&["--coupling", "auto"]), Some(&cur));
         assert_eq!(m["coupling"], "auto");
         assert_eq!(m["composite_groups_lead"], true, "kept");

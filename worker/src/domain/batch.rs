@@ -488,6 +488,8 @@ mod tests {
             snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
             staff_phones: vec![],
             coupling: Default::default(),
+            staff_retention_days: 730,
+            year_records_kept_years: 0,
             composite_groups_lead: false,
         }
     }

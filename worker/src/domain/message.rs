@@ -398,6 +398,13 @@ pub fn validate_link(m: &PortalLinkV1) -> Result<(), Rejection> {
     if m.intake_weeks_ahead.is_some_and(|w| w > 52) {
         return Err(bad("field `intake_weeks_ahead` must be at most 52 weeks"));
     }
+    if m.year_records_kept_years
+        .is_some_and(|y| y > crate::domain::model::MAX_YEAR_RECORDS_KEPT_YEARS)
+    {
+        return Err(bad(
+            "field `year_records_kept_years` must be at most 5: absence data is kept five years, in the school's LAS (seed 003)",
+        ));
+    }
     Ok(())
 }
 

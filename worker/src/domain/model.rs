@@ -459,13 +459,22 @@ pub struct SchoolSettings {
     /// R13: couple LAS records to existing portal profiles by itself
     /// (`auto`, default) or only by the school's decision (`review`).
     pub coupling: las_contracts::CouplingMode,
+    /// R12: days after deactivation before a staff member's data is purged.
+    pub staff_retention_days: u32,
+    /// R11/R12: school years the year-bound records stay after a rollover.
+    pub year_records_kept_years: u32,
     /// R7: composite groups are listed first and lead ("samengestelde groepen
     /// en jaargroepen omdraaien"); stored for the portal, off by default.
     pub composite_groups_lead: bool,
 }
 
 pub const DEFAULT_STAFF_ROLE: &str = "Leerkracht";
-pub const DEFAULT_RETENTION_DAYS: u32 = 365;
+/// R12: two years after leaving, the term of the pupil file in the schools'
+/// privacy statements (seed 003); for pupils, their guardians and staff.
+pub const DEFAULT_RETENTION_DAYS: u32 = 730;
+/// R11/R12: year-bound records are deleted at the rollover (seed 000) unless
+/// the school keeps them longer, at most five years (seed 003).
+pub const MAX_YEAR_RECORDS_KEPT_YEARS: u32 = 5;
 pub const DEFAULT_SNAPSHOT_GUARD_PERCENT: u32 = 10;
 
 /// A LAS profile record, the same shape for the three kinds.

@@ -48,7 +48,7 @@ impl Store {
             "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.birth_date, p.las_group_keys, p.in_intake,
                     s.brin, s.las_system, s.environment_id, s.environment_label, s.intake_weeks_ahead, s.default_staff_role,
                     s.link_staff_to_groups, s.esis_composite_groups, s.retention_days, s.snapshot_guard_percent, s.staff_phones,
-                    s.coupling, s.composite_groups_lead
+                    s.coupling, s.composite_groups_lead, s.staff_retention_days, s.year_records_kept_years
              FROM profiles p JOIN schools s ON s.id = p.school_id
              WHERE p.kind = 'student' AND p.las_key IS NOT NULL
                AND (p.status = 'held' OR (p.status = 'active' AND p.in_intake))
@@ -283,7 +283,8 @@ impl Store {
              WHERE s.id = p.school_id AND p.status = 'deactivated'
                AND (p.purged_at IS NULL OR p.purged_at < p.deactivated_at)
                AND p.deactivated_at IS NOT NULL
-               AND p.deactivated_at < (($1::date - s.retention_days) AT TIME ZONE 'Europe/Amsterdam')
+               AND p.deactivated_at < (($1::date - CASE WHEN p.kind = 'staff' THEN s.staff_retention_days ELSE s.retention_days END)
+                                       AT TIME ZONE 'Europe/Amsterdam')
              RETURNING p.id"
         )))
         .bind(today)

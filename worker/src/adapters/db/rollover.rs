@@ -8,6 +8,7 @@ use crate::domain::batch::School;
 use crate::domain::outcome::BatchEffects;
 use crate::domain::rules::rollover::{
     SchoolYear, UNLINKED_GROUP_TYPES, YEAR_BOUND_RECORDS, plan, rollover_action,
+    year_records_kept_from,
 };
 use crate::domain::rules::{self, ProfileKind};
 
@@ -72,13 +73,14 @@ pub(super) async fn rollover(
     .execute(&mut **tx)
     .await?
     .rows_affected();
+    let kept_from = year_records_kept_from(parsed, school.settings.year_records_kept_years).label();
     let mut deleted = 0;
     for table in YEAR_BOUND_RECORDS {
         deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE school_id = $1 AND school_year < $2"
         )))
         .bind(school.id)
-        .bind(&year)
+        .bind(&kept_from)
         .execute(&mut **tx)
         .await?
         .rows_affected();

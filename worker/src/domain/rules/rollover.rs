@@ -54,6 +54,18 @@ impl SchoolYear {
     }
 }
 
+/// R11/R12: at the rollover to `year`, the year-bound records of school
+/// years before the returned one are deleted. By default (`kept_years` 0)
+/// every earlier year's (seed 000: deleted at the rollover); a school that
+/// keeps them `kept_years` more school years (at most five, seed 003) keeps
+/// that many earlier years too.
+pub fn year_records_kept_from(year: SchoolYear, kept_years: u32) -> SchoolYear {
+    let kept = kept_years.min(crate::domain::model::MAX_YEAR_RECORDS_KEPT_YEARS) as u16;
+    SchoolYear {
+        first: year.first.saturating_sub(kept),
+    }
+}
+
 /// R11 for a rollover to `year`, given the newest year already applied to
 /// the school: roll over when it is newer (or the first), say so once more
 /// when it is that same year, and `None` (stale: nothing unlinked, nothing
@@ -71,6 +83,22 @@ pub fn plan(year: SchoolYear, newest_applied: Option<SchoolYear>) -> Option<Acti
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r11_r12_year_bound_records_go_at_the_rollover_unless_the_school_keeps_them() {
+        let y = SchoolYear::parse("2026-2027").unwrap();
+        assert_eq!(
+            year_records_kept_from(y, 0).label(),
+            "2026-2027",
+            "seed 000: earlier years go"
+        );
+        assert_eq!(year_records_kept_from(y, 2).label(), "2024-2025");
+        assert_eq!(
+            year_records_kept_from(y, 9).label(),
+            "2021-2022",
+            "seed 003: never more than five years"
+        );
+    }
 
     #[test]
     fn r11_rolls_over_once_per_school_year() {

@@ -109,6 +109,11 @@ pub fn link_settings(
             phones
         },
         coupling: link.coupling.unwrap_or_default(),
+        staff_retention_days: link.staff_retention_days.unwrap_or(DEFAULT_RETENTION_DAYS),
+        year_records_kept_years: link
+            .year_records_kept_years
+            .unwrap_or(0)
+            .min(MAX_YEAR_RECORDS_KEPT_YEARS),
         composite_groups_lead: link.composite_groups_lead.unwrap_or(false),
     })
 }
@@ -198,6 +203,8 @@ mod tests {
             snapshot_guard_percent: None,
             staff_phones: None,
             coupling: None,
+            staff_retention_days: None,
+            year_records_kept_years: None,
             composite_groups_lead: None,
             emitted_at: None,
         }

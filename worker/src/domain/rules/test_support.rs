@@ -34,6 +34,8 @@ pub(crate) fn school(system: LasSystem) -> SchoolSettings {
         snapshot_guard_percent: DEFAULT_SNAPSHOT_GUARD_PERCENT,
         staff_phones: vec![],
         coupling: Default::default(),
+        staff_retention_days: 730,
+        year_records_kept_years: 0,
         composite_groups_lead: false,
     }
 }
