@@ -1028,3 +1028,72 @@ async fn r12_retention_terms_per_category_staff_pupils_and_year_bound_records() 
         letters[0].0
     );
 }
+
+/// Issue #18: a child held back (R9) and its guardian are stored but never
+/// shown. When the LAS removes the child, nothing of either is kept for the
+/// retention term: nobody saw them, nobody needs them.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_a_held_child_and_its_guardian_removed_by_the_las_are_purged_at_once() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    env.bind_events_queue().await;
+    env.link(parnassys_link("12AB", P)).await;
+    let born = (chrono::Utc::now().date_naive() - chrono::Months::new(24)).to_string();
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Pim", "last_name": "Kok", "birth_date": born, "street": "Dorpsstraat 1"})),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "O1", "first_name": "Sanne", "last_name": "Kok", "email": "sanne@kok.example", "student_keys": ["S1"]})),
+    ])
+    .await;
+    env.wait_handled(3).await;
+    assert_eq!(env.show("12AB", "student", "S1").unwrap()["status"], "held");
+    assert_eq!(
+        env.show("12AB", "guardian", "O1").unwrap()["status"],
+        "held"
+    );
+
+    env.publish(&[change(
+        "12AB",
+        parnassys(P),
+        2,
+        json!({"type": "student.removed", "las_key": "S1"}),
+    )])
+    .await;
+    env.wait_handled(4).await;
+    let child = env.show("12AB", "student", "S1").unwrap();
+    let parent = env.show("12AB", "guardian", "O1").unwrap();
+    assert_eq!(child["status"], "deactivated");
+    assert_eq!(parent["status"], "deactivated");
+    for (who, p) in [("child", &child), ("guardian", &parent)] {
+        for f in ["first_name", "last_name", "birth_date", "street", "email"] {
+            assert_eq!(
+                p[f],
+                Value::Null,
+                "{who}: {f} purged at once, not after 730 days"
+            );
+        }
+    }
+    let marked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM profiles WHERE purged_at IS NOT NULL")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        marked, 2,
+        "both carry the purge mark: an older upsert cannot bring them back"
+    );
+    // A late, older upsert of the child changes nothing.
+    env.publish(&[change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Pim", "birth_date": born}))]).await;
+    env.wait_handled(5).await;
+    assert_eq!(
+        env.show("12AB", "student", "S1").unwrap()["first_name"],
+        Value::Null
+    );
+    // Never shown, never announced.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let events = env.take_events().await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["las_key"] == "S1" || e["las_key"] == "O1"),
+        "{events:?}"
+    );
+}

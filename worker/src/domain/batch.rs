@@ -264,9 +264,9 @@ pub fn profile_change(
         (None | Some(Status::Held), Status::Active) => Some(ProfileChange::Created),
         (None, Status::Held) => Some(ProfileChange::Held),
         (Some(Status::Deactivated), Status::Active) => Some(ProfileChange::Reactivated),
-        (None | Some(Status::Active) | Some(Status::Held), Status::Deactivated) => {
-            Some(ProfileChange::Deactivated)
-        }
+        // R9/R12: a held record was never shown nor announced; its removal
+        // is not news to anyone either (issue #18).
+        (None | Some(Status::Active), Status::Deactivated) => Some(ProfileChange::Deactivated),
         (Some(Status::Active), Status::Active)
             if current.map(|c| &c.contact) != Some(&state.contact) =>
         {

@@ -123,6 +123,10 @@ pub enum Action {
     /// A coupling was undone: the portal profile keeps its data, the LAS
     /// record waits again (R13).
     Uncoupled,
+    /// A record the portal never showed (a child held back, R9, or its
+    /// guardian) was removed: its personal data is purged at once, not after
+    /// the retention term (R12).
+    PurgedAtOnce,
 }
 
 impl Action {
@@ -162,6 +166,7 @@ impl Action {
             Action::AwaitingCoupling => "awaiting_coupling",
             Action::CreateDecided => "create_decided",
             Action::Uncoupled => "uncoupled",
+            Action::PurgedAtOnce => "purged_at_once",
         }
     }
 }

@@ -197,6 +197,22 @@ pub(super) async fn reconcile_guardians(
         .bind(rules::ALL_STUDENTS_REMOVED)
         .execute(&mut **tx)
         .await?;
+        // R12: a guardian the portal never showed (only held children) whose
+        // children the LAS removed is purged at once (`rules::purge_at_once`).
+        let purge_now: Vec<i64> = changed
+            .iter()
+            .zip(&u_id)
+            .filter(|((target, was, _, _), _)| rules::purge_at_once(*was, *target))
+            .map(|(_, id)| *id)
+            .collect();
+        if !purge_now.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE profiles SET {PURGED_FIELDS} WHERE id = ANY($1)"
+            )))
+            .bind(&purge_now)
+            .execute(&mut **tx)
+            .await?;
+        }
     }
     sqlx::raw_sql(PLANNER_DEFAULTS).execute(&mut **tx).await?;
     let ended_held: HashSet<i64> = u_id

@@ -340,7 +340,7 @@ pub(super) async fn purge_copies(
 }
 
 /// The fields an erasure or a purge clears on a profile row.
-const PURGED_FIELDS: &str = "first_name = NULL, name_prefix = NULL, last_name = NULL, birth_date = NULL,
+pub(super) const PURGED_FIELDS: &str = "first_name = NULL, name_prefix = NULL, last_name = NULL, birth_date = NULL,
                     street = NULL, postcode = NULL, city = NULL, phone = NULL, mobile = NULL,
                     emergency_phone = NULL, email = NULL, allergies = NULL, general_practitioner = NULL,
                     preferences = '{}'::jsonb, last_login_at = NULL, purged_at = now(), updated_at = now()";

@@ -231,6 +231,25 @@ pub(super) async fn apply_profiles(
         }
     }
     w.write(tx).await?;
+    // R12: a record the portal never showed is purged at its removal
+    // (`rules::purge_at_once`): its portal-only fields and purge mark too.
+    let purge_now: Vec<i64> = slots
+        .values()
+        .filter(|s| {
+            s.message_id.is_some()
+                && s.state.as_ref().is_some_and(|p| p.purged)
+                && !s.current.as_ref().is_some_and(|c| c.purged)
+        })
+        .map(|s| s.id)
+        .collect();
+    if !purge_now.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE profiles SET {PURGED_FIELDS} WHERE id = ANY($1)"
+        )))
+        .bind(&purge_now)
+        .execute(&mut **tx)
+        .await?;
+    }
     ensure_intake_groups(tx, &intake_schools.into_iter().collect::<Vec<_>>()).await?;
     members.write(tx).await?;
     links.write(tx).await?;

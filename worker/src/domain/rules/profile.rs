@@ -259,6 +259,11 @@ pub fn apply_removal(current: Option<&Profile>, version: i64) -> Outcome {
     if p.status != Status::Deactivated {
         decisions.push(Decision::new(Rule::R12, Action::Deactivated, None));
     }
+    if crate::domain::rules::retention::purge_at_once(p.status, Status::Deactivated) {
+        p.contact = Contact::default();
+        p.purged = true;
+        decisions.push(Decision::new(Rule::R12, Action::PurgedAtOnce, None));
+    }
     p.status = Status::Deactivated;
     p.version = version;
     Outcome::Applied(Box::new(Applied {
@@ -274,6 +279,43 @@ pub fn apply_removal(current: Option<&Profile>, version: i64) -> Outcome {
 mod tests {
     use super::*;
     use crate::domain::rules::test_support::*;
+
+    #[test]
+    fn r12_a_held_child_removed_by_the_las_is_purged_at_once() {
+        let held = Profile {
+            contact: Contact {
+                first_name: s("Pim"),
+                birth_date: chrono::NaiveDate::from_ymd_opt(2024, 1, 1),
+                ..Contact::default()
+            },
+            status: Status::Held,
+            version: 1,
+            ..Profile::empty()
+        };
+        let a = applied(apply_removal(Some(&held), 2));
+        assert_eq!(a.profile.status, Status::Deactivated);
+        assert_eq!(
+            a.profile.contact,
+            Contact::default(),
+            "nothing of a child nobody saw stays"
+        );
+        assert!(
+            a.profile.purged,
+            "and a late older upsert cannot bring it back"
+        );
+        assert!(has(&a, Rule::R12, Action::PurgedAtOnce, None));
+        let active = Profile {
+            status: Status::Active,
+            ..held.clone()
+        };
+        let a = applied(apply_removal(Some(&active), 2));
+        assert_eq!(
+            a.profile.contact.first_name.as_deref(),
+            Some("Pim"),
+            "a shown profile keeps its term"
+        );
+        assert!(!has(&a, Rule::R12, Action::PurgedAtOnce, None));
+    }
 
     #[test]
     fn r1_new_profile_is_created_with_las_values() {

@@ -27,6 +27,14 @@ pub fn guardian_follows_students(status: Status, deactivation_reason: Option<&st
     }
 }
 
+/// R12 (issue #18): a record the portal never showed (held back, R9) has no
+/// purpose once it is deactivated: nobody saw it, nobody needs it for the
+/// leaving child's last weeks. Its personal data is purged at once instead
+/// of after the retention term.
+pub fn purge_at_once(was: Status, now: Status) -> bool {
+    was == Status::Held && now == Status::Deactivated
+}
+
 /// Deactivation reason of a guardian whose students were all removed (R12).
 pub const ALL_STUDENTS_REMOVED: &str = "all_students_removed";
 
