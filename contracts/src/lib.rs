@@ -529,6 +529,41 @@ pub struct CouplingV1 {
     pub decided_at: Option<DateTime<Utc>>,
 }
 
+/// The schema id of an erasure request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ErasureSchema {
+    #[serde(rename = "portal.erasure.v1")]
+    V1,
+}
+
+/// Added in contract v1.3. The school granted a request to erase a person's
+/// data (the right to erasure, AVG art. 17; seed 004): the worker purges the
+/// profile now, with every copy (suggestions, e-mails), deactivates it and
+/// takes it out of its groups. The change journal keeps that it happened,
+/// without the data. The LAS brings the profile back only with a record newer
+/// than the one the portal has. The same as `las-worker profile erase`.
+///
+/// Routing key: `portal.<brin>.erasure`. A request for a profile the portal
+/// does not have is dead-lettered (`validation_failed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "portal.erasure.v1")]
+pub struct ErasureV1 {
+    pub schema: ErasureSchema,
+    pub message_id: Uuid,
+    #[schemars(regex(pattern = r"^[0-9]{2}[A-Z0-9]{2}$"))]
+    pub brin: String,
+    /// `student`, `guardian` or `staff`.
+    pub entity_kind: String,
+    pub las_key: String,
+    #[serde(default)]
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// The routing key an erasure request is published with.
+pub fn erasure_routing_key(msg: &ErasureV1) -> String {
+    format!("portal.{}.erasure", msg.brin)
+}
+
 /// The routing key a coupling decision is published with.
 pub fn coupling_routing_key(msg: &CouplingV1) -> String {
     format!("portal.{}.coupling", msg.brin)
@@ -816,6 +851,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("portal.link.v1", schemars::schema_for!(PortalLinkV1)),
         ("portal.parent_edit.v1", schemars::schema_for!(ParentEditV1)),
         ("portal.coupling.v1", schemars::schema_for!(CouplingV1)),
+        ("portal.erasure.v1", schemars::schema_for!(ErasureV1)),
         ("las.sync_event.v1", schemars::schema_for!(SyncEventV1)),
         ("reject-reason.v1", reject_reason),
     ]

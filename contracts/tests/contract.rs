@@ -213,6 +213,16 @@ fn examples_are_valid() {
                 );
                 serde_json::to_value(&msg).expect("serialize ParentEditV1")
             }
+            "portal.erasure.v1" => {
+                let msg: las_contracts::ErasureV1 = serde_json::from_value(ex.value.clone())
+                    .unwrap_or_else(|e| panic!("{origin} is not an ErasureV1: {e}"));
+                assert!(las_contracts::is_valid_brin(&msg.brin), "{origin}: BRIN");
+                assert_eq!(
+                    las_contracts::erasure_routing_key(&msg),
+                    format!("portal.{}.erasure", msg.brin)
+                );
+                serde_json::to_value(&msg).expect("serialize ErasureV1")
+            }
             "portal.coupling.v1" => {
                 let msg: las_contracts::CouplingV1 = serde_json::from_value(ex.value.clone())
                     .unwrap_or_else(|e| panic!("{origin} is not a CouplingV1: {e}"));

@@ -595,6 +595,10 @@ pub fn route(m: &Value) -> (String, String) {
             las_contracts::PORTAL_REQUESTS_EXCHANGE.into(),
             format!("portal.{brin}.parent_edit"),
         ),
+        Some("portal.erasure.v1") => (
+            las_contracts::PORTAL_REQUESTS_EXCHANGE.into(),
+            format!("portal.{brin}.erasure"),
+        ),
         Some("portal.coupling.v1") => (
             las_contracts::PORTAL_REQUESTS_EXCHANGE.into(),
             format!("portal.{brin}.coupling"),

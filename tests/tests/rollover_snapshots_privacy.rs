@@ -1097,3 +1097,259 @@ async fn r12_a_held_child_and_its_guardian_removed_by_the_las_are_purged_at_once
         "{events:?}"
     );
 }
+
+/// Issue #18: the right to erasure (seed 004) as a portal message, the same
+/// as `las-worker profile erase`: purged now with its copies, out of its
+/// groups, the journal says so without data; an unknown profile is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_an_erasure_request_from_the_portal_purges_the_profile_now() {
+    let env = TestEnv::start().await;
+    env.link(parnassys_link("12AB", P)).await;
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Wis", "last_name": "Mij", "birth_date": "2018-05-05"})),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "Ouder", "email": "ouder@example.org", "student_keys": ["S1"]})),
+    ])
+    .await;
+    env.wait_handled(3).await;
+    suggestion_emails_naming(&env, "G1", "Wis Mij", &["pending"]).await;
+    let erase = |key: &str| json!({"schema": "portal.erasure.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "entity_kind": "student", "las_key": key});
+    let request = erase("S1");
+    env.publish(&[request.clone(), request, erase("S404")])
+        .await;
+    env.wait_handled(6).await;
+    let counts = env.message_counts().await;
+    assert_eq!(
+        counts.get("duplicate"),
+        Some(&1),
+        "a redelivered request changes nothing: {counts:?}"
+    );
+    let s1 = env.show("12AB", "student", "S1").unwrap();
+    assert_eq!(s1["status"], "deactivated");
+    for f in ["first_name", "last_name", "birth_date"] {
+        assert_eq!(s1[f], Value::Null, "{f} erased: {s1}");
+    }
+    let mail: String = sqlx::query_scalar("SELECT body_text FROM email_outbox")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert!(!mail.contains("Wis"), "the e-mail naming the child: {mail}");
+    let (code, out) = env.cli(&[
+        "explain",
+        "--brin",
+        "12AB",
+        "--kind",
+        "student",
+        "--las-key",
+        "S1",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("erased on request"), "{out}");
+    assert!(!out.contains("Wis"), "{out}");
+    let letters = env.wait_dead_letters(1).await;
+    assert_eq!(letters[0].0["x-las-reason-code"], "validation_failed");
+    assert!(
+        letters[0].0["x-las-reason"].contains("no student with LAS key S404"),
+        "{:?}",
+        letters[0].0
+    );
+}
+
+/// Issue #18, the privacy scan: after a full scenario (a family with a
+/// suggestion e-mail, a held child, a LAS record that waited for a coupling
+/// decision) whose persons are then removed and purged, *every* table, every
+/// queue, every log line and every metric of the test is searched for their
+/// names, addresses, phones, e-mails and birth dates. Any hit fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_after_the_purge_no_personal_data_rests_in_any_table_queue_log_or_metric() {
+    use lapin::options::BasicGetOptions;
+    let env = TestEnv::start().await;
+    env.bind_events_queue().await;
+    env.link(json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "system": "parnassys",
+                    "environment_id": P, "retention_days": 30, "staff_retention_days": 30}))
+        .await;
+    env.add_user(
+        "12AB",
+        "Koppelbeheerder",
+        "beheer@school.example",
+        "link_admin",
+        false,
+    )
+    .await;
+    // Two portal accounts share an e-mail: the LAS record O3 with that
+    // e-mail waits for the school (R13).
+    for first in ["Eerste", "Tweede"] {
+        sqlx::query(
+            "INSERT INTO profiles (school_id, kind, las_key, status, first_name, email)
+             SELECT id, 'guardian', NULL, 'active', $1, 'gedeeld@portaal.example' FROM schools WHERE brin = '12AB'",
+        )
+        .bind(first)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    let toddler = (chrono::Utc::now().date_naive() - chrono::Months::new(20)).to_string();
+    let secrets: Vec<String> = [
+        "Fabiola",
+        "Zonnebloemhoeve",
+        "Kraanvogelkade 31",
+        "8877 QX",
+        "Snippendorp",
+        "0699887766",
+        "0311223344",
+        "0655443322",
+        "fabiola.z@voorbeeld.example",
+        "2017-09-21",
+        "Reigerpad 12",
+        "Pluisje",
+        "Wilgenhofstra",
+        "Tamarindelaan 9",
+        "Juf Korenbloem",
+        "korenbloem@prive.example",
+        &toddler,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "K1", "first_name": "Fabiola", "last_name": "Zonnebloemhoeve",
+            "birth_date": "2017-09-21", "street": "Kraanvogelkade 31", "postcode": "8877 QX", "city": "Snippendorp"})),
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "K2", "first_name": "Pluisje", "last_name": "Zonnebloemhoeve",
+            "birth_date": toddler, "street": "Kraanvogelkade 31"})),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "O1", "first_name": "Fabiola", "last_name": "Zonnebloemhoeve",
+            "street": "Kraanvogelkade 31", "postcode": "8877 QX", "city": "Snippendorp", "phone": "0311223344", "mobile": "0699887766",
+            "email": "fabiola.z@voorbeeld.example", "student_keys": ["K1", "K2"]})),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "O3", "first_name": "Wilgenhofstra", "street": "Tamarindelaan 9",
+            "email": "gedeeld@portaal.example"})),
+        change("12AB", parnassys(P), 1, json!({"type": "staff.upserted", "las_key": "T1", "first_name": "Juf Korenbloem", "email": "korenbloem@prive.example",
+            "mobile": "0655443322"})),
+    ])
+    .await;
+    env.wait_handled(6).await;
+    env.publish(&[json!({"schema": "portal.parent_edit.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "guardian_las_key": "O1",
+        "edited_at": "2026-11-22T10:00:00Z", "changes": [{"field": "street", "proposed": "Reigerpad 12"}, {"field": "phone", "proposed": "0655443322"}]})])
+    .await;
+    env.wait_handled(7).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env.mails().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the suggestion e-mail was not sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Everyone leaves; a month and more later the daily job purges.
+    env.publish(&[
+        change(
+            "12AB",
+            parnassys(P),
+            2,
+            json!({"type": "student.removed", "las_key": "K1"}),
+        ),
+        change(
+            "12AB",
+            parnassys(P),
+            2,
+            json!({"type": "student.removed", "las_key": "K2"}),
+        ),
+        change(
+            "12AB",
+            parnassys(P),
+            2,
+            json!({"type": "guardian.removed", "las_key": "O1"}),
+        ),
+        change(
+            "12AB",
+            parnassys(P),
+            2,
+            json!({"type": "guardian.removed", "las_key": "O3"}),
+        ),
+        change(
+            "12AB",
+            parnassys(P),
+            2,
+            json!({"type": "staff.removed", "las_key": "T1"}),
+        ),
+    ])
+    .await;
+    env.wait_handled(12).await;
+    sqlx::query("UPDATE profiles SET deactivated_at = now() - interval '40 days' WHERE status = 'deactivated'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let (code, out) = env.cli(&["tick"]);
+    assert_eq!(code, 0, "{out}");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+
+    // Every table.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename <> '_sqlx_migrations' ORDER BY 1",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    assert!(tables.len() > 15, "{tables:?}");
+    let mut found = Vec::new();
+    for t in &tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT x::text FROM {t} x")))
+                .fetch_all(&env.db)
+                .await
+                .unwrap();
+        for r in rows {
+            for s in &secrets {
+                if r.contains(s.as_str()) {
+                    found.push(format!("table {t}: {s:?} in {r}"));
+                }
+            }
+        }
+    }
+    // Every queue of the test's vhost (read, not removed from the broker's
+    // view of the test: it ends here).
+    let conn = lapin::Connection::connect(&env.amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let queues = env.queue_depths();
+    assert!(queues.contains_key("test-events"), "{queues:?}");
+    for q in queues.keys() {
+        while let Some(m) = ch
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let body = String::from_utf8_lossy(&m.delivery.data).into_owned();
+            let headers = format!("{:?}", m.delivery.properties.headers());
+            for s in &secrets {
+                if body.contains(s.as_str()) || headers.contains(s.as_str()) {
+                    found.push(format!("queue {q}: {s:?}"));
+                }
+            }
+        }
+    }
+    // Every log line and every metric.
+    let log = env.log();
+    let (_, metrics) = env.http_get("/metrics").await.unwrap();
+    for s in &secrets {
+        if log.contains(s.as_str()) {
+            found.push(format!("log: {s:?}"));
+        }
+        if metrics.contains(s.as_str()) {
+            found.push(format!("metrics: {s:?}"));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "personal data rests after the purge:\n{}",
+        found.join("\n")
+    );
+    // The scan looked at real data: the purged rows are there, without values.
+    let purged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM profiles WHERE purged_at IS NOT NULL")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        purged, 5,
+        "K1, K2 (at once: never shown), O1, T1, and the removal's row of O3, which only ever waited"
+    );
+}

@@ -82,6 +82,13 @@ fn route(body: &str, v: &serde_json::Value) -> anyhow::Result<(String, String)> 
             };
             Ok((PORTAL_REQUESTS_EXCHANGE.into(), key))
         }
+        Some("portal.erasure.v1") => {
+            let key = match serde_json::from_str::<las_contracts::ErasureV1>(body) {
+                Ok(m) => las_contracts::erasure_routing_key(&m),
+                Err(_) => format!("portal.{brin}.erasure"),
+            };
+            Ok((PORTAL_REQUESTS_EXCHANGE.into(), key))
+        }
         Some("portal.coupling.v1") => {
             let key = match serde_json::from_str::<las_contracts::CouplingV1>(body) {
                 Ok(m) => las_contracts::coupling_routing_key(&m),
@@ -90,7 +97,7 @@ fn route(body: &str, v: &serde_json::Value) -> anyhow::Result<(String, String)> 
             Ok((PORTAL_REQUESTS_EXCHANGE.into(), key))
         }
         other => bail!(
-            "unknown schema {other:?}; expected las.change.v1, portal.link.v1, portal.parent_edit.v1 or portal.coupling.v1"
+            "unknown schema {other:?}; expected las.change.v1, portal.link.v1, portal.parent_edit.v1, portal.coupling.v1 or portal.erasure.v1"
         ),
     }
 }

@@ -212,6 +212,10 @@ pub fn fold_profiles(
                     &decisions,
                 );
                 slot.removed = profile.status == Status::Deactivated;
+                let mut profile = profile;
+                // A guardian's visibility is settled after the batch, from
+                // its students (R9): the shell marks it then.
+                profile.shown |= profile.status == Status::Active && kind != ProfileKind::Guardian;
                 slot.state = Some(profile);
                 if group_keys.is_some() {
                     slot.group_keys = group_keys;

@@ -2,8 +2,8 @@
 //! Pure; every failure becomes a [`Rejection`] a support desk can read.
 
 use las_contracts::{
-    Change, CouplingAction, CouplingV1, LasChangeV1, MAX_MESSAGE_BYTES, ParentEditV1, PortalLinkV1,
-    RejectReason, is_valid_brin,
+    Change, CouplingAction, CouplingV1, ErasureV1, LasChangeV1, MAX_MESSAGE_BYTES, ParentEditV1,
+    PortalLinkV1, RejectReason, is_valid_brin,
 };
 use serde::Deserialize;
 
@@ -15,6 +15,8 @@ pub enum Inbound {
     ParentEdit(Box<ParentEditV1>),
     /// R13: the school's decision about a LAS record that waits to be coupled.
     Coupling(Box<CouplingV1>),
+    /// R12: the school granted an erasure request (seed 004).
+    Erasure(Box<ErasureV1>),
 }
 
 impl Inbound {
@@ -24,6 +26,7 @@ impl Inbound {
             Inbound::Link(l) => l.message_id,
             Inbound::ParentEdit(e) => e.message_id,
             Inbound::Coupling(c) => c.message_id,
+            Inbound::Erasure(e) => e.message_id,
         }
     }
 
@@ -33,6 +36,7 @@ impl Inbound {
             Inbound::Link(l) => &l.brin,
             Inbound::ParentEdit(e) => &e.brin,
             Inbound::Coupling(c) => &c.brin,
+            Inbound::Erasure(e) => &e.brin,
         }
     }
 
@@ -43,6 +47,7 @@ impl Inbound {
             Inbound::Link(_) => "portal.link",
             Inbound::ParentEdit(_) => "portal.parent_edit",
             Inbound::Coupling(_) => "portal.coupling",
+            Inbound::Erasure(_) => "portal.erasure",
         }
     }
 }
@@ -92,11 +97,12 @@ struct Probe {
     brin: Option<serde_json::Value>,
 }
 
-const KNOWN_SCHEMAS: [&str; 4] = [
+const KNOWN_SCHEMAS: [&str; 5] = [
     "las.change.v1",
     "portal.link.v1",
     "portal.parent_edit.v1",
     "portal.coupling.v1",
+    "portal.erasure.v1",
 ];
 
 /// Reads a message body.
@@ -162,6 +168,8 @@ pub fn parse(body: &[u8]) -> Result<Inbound, Rejection> {
             .and_then(|m| validate_parent_edit(&m).map(|_| Inbound::ParentEdit(Box::new(m)))),
         "portal.coupling.v1" => decode::<CouplingV1>(body)
             .and_then(|m| validate_coupling(&m).map(|_| Inbound::Coupling(Box::new(m)))),
+        "portal.erasure.v1" => decode::<ErasureV1>(body)
+            .and_then(|m| validate_erasure(&m).map(|_| Inbound::Erasure(Box::new(m)))),
         other => Err(Rejection::new(
             RejectReason::UnknownSchema,
             format!(
@@ -379,6 +387,20 @@ pub fn validate_coupling(m: &CouplingV1) -> Result<(), Rejection> {
         return Err(bad(
             "action `couple` needs `portal_profile_id`: the portal profile to couple the LAS record to",
         ));
+    }
+    Ok(())
+}
+
+/// R12: an erasure request names the profile (kind and LAS key).
+pub fn validate_erasure(m: &ErasureV1) -> Result<(), Rejection> {
+    check_brin(&m.brin)?;
+    if !matches!(m.entity_kind.trim(), "student" | "guardian" | "staff") {
+        return Err(bad(
+            "field `entity_kind` must be student, guardian or staff",
+        ));
+    }
+    if m.las_key.trim().is_empty() {
+        return Err(bad("field `las_key` is empty"));
     }
     Ok(())
 }

@@ -420,6 +420,9 @@ pub struct Profile {
     /// profile stays purged until the LAS re-enrols it with a newer version
     /// than its removal.
     pub purged: bool,
+    /// R12: the portal has shown this profile (it was active at some time).
+    /// A record never shown is purged at its removal (`purge_at_once`).
+    pub shown: bool,
 }
 
 impl Profile {
@@ -435,6 +438,7 @@ impl Profile {
             las_group_keys: vec![],
             in_intake: false,
             purged: false,
+            shown: false,
         }
     }
 }

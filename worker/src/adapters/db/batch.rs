@@ -1,6 +1,6 @@
 //! THE one place that orders a batch's statements. A batch of messages is
 //! applied in one transaction with set-based statements, in this order:
-//! links, parent edits and coupling decisions (R13), schools, R6 pre-checks and de-duplication,
+//! links, parent edits, coupling decisions (R13) and erasures (R12), schools, R6 pre-checks and de-duplication,
 //! profiles (lock, rules, insert, update, memberships, links, guardians,
 //! suggestions), groups, snapshots and rollovers, events, journal, last sync.
 //! The domain decides (`domain::batch`, `domain::rules`); this file sequences.
@@ -68,6 +68,10 @@ impl Store {
                     )
                     .await?
                 }
+                Inbound::Erasure(request) => {
+                    outcomes[i] =
+                        Some(apply_erasure(&mut tx, request, &mut journal, &mut effects).await?)
+                }
                 Inbound::Change(_) => {}
             }
         }
@@ -76,7 +80,10 @@ impl Store {
             .iter()
             .filter_map(|m| match m {
                 Inbound::Change(c) => Some(c.brin.clone()),
-                Inbound::Link(_) | Inbound::ParentEdit(_) | Inbound::Coupling(_) => None,
+                Inbound::Link(_)
+                | Inbound::ParentEdit(_)
+                | Inbound::Coupling(_)
+                | Inbound::Erasure(_) => None,
             })
             .collect::<HashSet<_>>()
             .into_iter()

@@ -105,13 +105,15 @@ pub(super) async fn reconcile_guardians(
     // The kind comes from the UNNEST too (not a constant): a constant makes an
     // unanalyzed planner guess "one guardian" and scan them all.
     let l_kind = vec!["guardian"; l_key.len()];
-    let rows: Vec<(i64, i64, String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT g.id, g.school_id, g.las_key, g.status, g.deactivation_reason, s.brin
+    // (id, school, LAS key, status, deactivation reason, BRIN, shown)
+    type GuardianRow = (i64, i64, String, String, Option<String>, String, bool);
+    let rows: Vec<GuardianRow> = sqlx::query_as(
+        "SELECT g.id, g.school_id, g.las_key, g.status, g.deactivation_reason, s.brin, g.shown
          FROM UNNEST($1::int8[], $4::text[], $2::text[]) AS u(s, kd, k)
          JOIN profiles g ON g.school_id = u.s AND g.kind = u.kd AND g.las_key = u.k
          JOIN schools s ON s.id = g.school_id
          UNION
-         SELECT g.id, g.school_id, g.las_key, g.status, g.deactivation_reason, s.brin
+         SELECT g.id, g.school_id, g.las_key, g.status, g.deactivation_reason, s.brin, g.shown
          FROM profiles g JOIN schools s ON s.id = g.school_id
          WHERE g.id = ANY($3) AND g.kind = 'guardian'",
     )
@@ -121,9 +123,10 @@ pub(super) async fn reconcile_guardians(
     .bind(&l_kind)
     .fetch_all(&mut **tx)
     .await?;
+    let shown: HashSet<i64> = rows.iter().filter(|r| r.6).map(|r| r.0).collect();
     let mut cands: Vec<(i64, i64, String, Status, String)> = rows
         .into_iter()
-        .filter_map(|(id, school, key, status, reason, brin)| {
+        .filter_map(|(id, school, key, status, reason, brin, _)| {
             let status = status_of(&status)?;
             rules::guardian_follows_students(status, reason.as_deref())
                 .then_some((id, school, key, status, brin))
@@ -185,7 +188,7 @@ pub(super) async fn reconcile_guardians(
     }
     if !u_id.is_empty() {
         sqlx::query(
-            "UPDATE profiles g SET status = t.st,
+            "UPDATE profiles g SET status = t.st, shown = g.shown OR t.st = 'active',
                     deactivated_at = CASE WHEN t.st = 'deactivated' THEN COALESCE(g.deactivated_at, now()) END,
                     deactivation_reason = CASE WHEN t.st = 'deactivated' THEN $3 END,
                     updated_at = now()
@@ -202,7 +205,9 @@ pub(super) async fn reconcile_guardians(
         let purge_now: Vec<i64> = changed
             .iter()
             .zip(&u_id)
-            .filter(|((target, was, _, _), _)| rules::purge_at_once(*was, *target))
+            .filter(|((target, was, _, _), id)| {
+                rules::purge_at_once(*was, *target, shown.contains(*id))
+            })
             .map(|(_, id)| *id)
             .collect();
         if !purge_now.is_empty() {
@@ -212,6 +217,7 @@ pub(super) async fn reconcile_guardians(
             .bind(&purge_now)
             .execute(&mut **tx)
             .await?;
+            purge_copies(tx, &purge_now).await?;
         }
     }
     sqlx::raw_sql(PLANNER_DEFAULTS).execute(&mut **tx).await?;

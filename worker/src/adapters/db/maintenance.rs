@@ -110,7 +110,7 @@ impl Store {
             intakes.push(placement.in_intake);
         }
         sqlx::query(
-            "UPDATE profiles p SET status = t.st, in_intake = t.i, updated_at = now()
+            "UPDATE profiles p SET status = t.st, in_intake = t.i, shown = p.shown OR t.st = 'active', updated_at = now()
              FROM UNNEST($1::int8[], $2::text[], $3::bool[]) AS t(id, st, i) WHERE p.id = t.id",
         )
         .bind(&ids)
@@ -367,71 +367,174 @@ impl Store {
         las_key: &str,
     ) -> Result<Option<Erased>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(i64, i64, String, i64)> = sqlx::query_as(
-            "SELECT p.id, p.school_id, p.status, p.version FROM profiles p JOIN schools s ON s.id = p.school_id
-             WHERE s.brin = $1 AND p.kind = $2 AND p.las_key = $3 FOR UPDATE OF p",
-        )
-        .bind(brin)
-        .bind(kind.as_str())
-        .bind(las_key.trim())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((id, school_id, status, version)) = row else {
-            return Ok(None);
-        };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE profiles SET {PURGED_FIELDS}, status = 'deactivated',
-                    deactivated_at = COALESCE(deactivated_at, now()),
-                    deactivation_reason = COALESCE(deactivation_reason, 'erased')
-             WHERE id = $1"
-        )))
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        purge_copies(&mut tx, &[id]).await?;
-        // Out of every group, as a removal would leave it.
-        sqlx::query(
-            "DELETE FROM memberships WHERE school_id = $1 AND member_kind = $2 AND member_key = $3",
-        )
-        .bind(school_id)
-        .bind(kind.as_str())
-        .bind(las_key.trim())
-        .execute(&mut *tx)
-        .await?;
         let mut journal = crate::domain::outcome::Journal::default();
-        journal.push(
-            school_id,
+        let mut events = crate::domain::outcome::Events::default();
+        let erased = erase_in(
+            &mut tx,
+            brin,
+            kind,
+            las_key,
             uuid::Uuid::new_v4(),
-            kind.as_str(),
-            las_key.trim(),
-            version,
-            &[rules::Decision {
-                rule: rules::Rule::R12,
-                action: rules::Action::Erased,
-                field: None,
-            }],
-        );
+            &mut journal,
+            &mut events,
+        )
+        .await?;
         journal::write(&mut tx, &journal).await?;
-        let was_active = status == "active";
-        if was_active {
-            let mut events = crate::domain::outcome::Events::default();
-            events.push(
-                las_contracts::SyncEventType::ProfileDeactivated,
-                brin,
-                None,
-                Some(kind.as_str()),
-                Some(las_key.trim()),
-                vec![],
-                Some("erased".to_owned()),
-            );
-            event_outbox::write(&mut tx, &mut events).await?;
-        }
+        event_outbox::write(&mut tx, &mut events).await?;
         tx.commit().await?;
-        Ok(Some(Erased {
-            brin: brin.to_owned(),
-            kind: kind.as_str().to_owned(),
-            las_key: las_key.trim().to_owned(),
-            was_active,
-        }))
+        Ok(erased)
+    }
+}
+
+/// The right to erasure inside the caller's transaction (the CLI's own, or a
+/// batch applying `portal.erasure.v1`): purges the profile now with every
+/// copy, deactivates it, takes it out of its groups, and records the
+/// decision (`R12:erased`, no data) under `message_id`. `None`: no such profile.
+pub(super) async fn erase_in(
+    tx: &mut Transaction<'_, Postgres>,
+    brin: &str,
+    kind: ProfileKind,
+    las_key: &str,
+    message_id: uuid::Uuid,
+    journal: &mut crate::domain::outcome::Journal,
+    events: &mut crate::domain::outcome::Events,
+) -> Result<Option<Erased>, StoreError> {
+    let row: Option<(i64, i64, String, i64)> = sqlx::query_as(
+        "SELECT p.id, p.school_id, p.status, p.version FROM profiles p JOIN schools s ON s.id = p.school_id
+         WHERE s.brin = $1 AND p.kind = $2 AND p.las_key = $3 FOR UPDATE OF p",
+    )
+    .bind(brin)
+    .bind(kind.as_str())
+    .bind(las_key.trim())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((id, school_id, status, version)) = row else {
+        return Ok(None);
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE profiles SET {PURGED_FIELDS}, status = 'deactivated',
+                deactivated_at = COALESCE(deactivated_at, now()),
+                deactivation_reason = COALESCE(deactivation_reason, 'erased')
+         WHERE id = $1"
+    )))
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    purge_copies(tx, &[id]).await?;
+    // Out of every group, as a removal would leave it.
+    sqlx::query(
+        "DELETE FROM memberships WHERE school_id = $1 AND member_kind = $2 AND member_key = $3",
+    )
+    .bind(school_id)
+    .bind(kind.as_str())
+    .bind(las_key.trim())
+    .execute(&mut **tx)
+    .await?;
+    journal.push(
+        school_id,
+        message_id,
+        kind.as_str(),
+        las_key.trim(),
+        version,
+        &[rules::Decision {
+            rule: rules::Rule::R12,
+            action: rules::Action::Erased,
+            field: None,
+        }],
+    );
+    let was_active = status == "active";
+    if was_active {
+        events.push(
+            las_contracts::SyncEventType::ProfileDeactivated,
+            brin,
+            Some(message_id),
+            Some(kind.as_str()),
+            Some(las_key.trim()),
+            vec![],
+            Some("erased".to_owned()),
+        );
+    }
+    Ok(Some(Erased {
+        brin: brin.to_owned(),
+        kind: kind.as_str().to_owned(),
+        las_key: las_key.trim().to_owned(),
+        was_active,
+    }))
+}
+
+/// `portal.erasure.v1`: the school granted an erasure request (R12, seed
+/// 004); the same as `las-worker profile erase`. A request for a profile the
+/// portal does not have is refused with a reason; a redelivery is a duplicate.
+pub(super) async fn apply_erasure(
+    tx: &mut Transaction<'_, Postgres>,
+    msg: &las_contracts::ErasureV1,
+    journal: &mut crate::domain::outcome::Journal,
+    effects: &mut BatchEffects,
+) -> Result<MessageOutcome, StoreError> {
+    use crate::domain::message::Rejection;
+    use las_contracts::RejectReason;
+    let reject = |reason: RejectReason, text: String| {
+        Ok(MessageOutcome::Rejected(
+            Rejection::new(reason, text).with_message_id(msg.message_id),
+        ))
+    };
+    let Some(school_id): Option<i64> = sqlx::query_scalar("SELECT id FROM schools WHERE brin = $1")
+        .bind(&msg.brin)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return reject(
+            RejectReason::UnknownBrin,
+            format!("no portal is linked to BRIN {} (R6)", msg.brin),
+        );
+    };
+    let seen: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM processed_messages WHERE message_id = $1")
+            .bind(msg.message_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if seen.is_some() {
+        return Ok(MessageOutcome::Duplicate);
+    }
+    let Some(kind) = ProfileKind::parse(msg.entity_kind.trim()) else {
+        return reject(
+            RejectReason::ValidationFailed,
+            "field `entity_kind` must be student, guardian or staff".to_owned(),
+        );
+    };
+    let key = msg.las_key.trim();
+    match erase_in(
+        tx,
+        &msg.brin,
+        kind,
+        key,
+        msg.message_id,
+        journal,
+        &mut effects.events,
+    )
+    .await?
+    {
+        None => reject(
+            RejectReason::ValidationFailed,
+            format!(
+                "no {} with LAS key {key} in the portal of BRIN {}; nothing was erased (R12)",
+                kind.as_str(),
+                msg.brin
+            ),
+        ),
+        Some(_) => {
+            sqlx::query("INSERT INTO processed_messages (message_id, school_id) VALUES ($1, $2)")
+                .bind(msg.message_id)
+                .bind(school_id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(MessageOutcome::Applied {
+                decisions: vec![rules::Decision {
+                    rule: rules::Rule::R12,
+                    action: rules::Action::Erased,
+                    field: None,
+                }],
+            })
+        }
     }
 }

@@ -67,6 +67,7 @@ pub(super) async fn apply_profiles(
         "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.version, p.data_version, p.email_version, p.role,
                 p.las_group_keys, p.in_intake,
                 (p.purged_at IS NOT NULL AND p.purged_at >= COALESCE(p.deactivated_at, p.purged_at)) AS purged,
+                p.shown,
                 {CONTACT_COLUMNS}
          FROM profiles p
          JOIN UNNEST($1::int8[], $2::text[], $3::text[]) AS t(s, k, l)
@@ -97,6 +98,7 @@ pub(super) async fn apply_profiles(
                 las_group_keys: row.try_get("las_group_keys")?,
                 in_intake: row.try_get("in_intake")?,
                 purged: row.try_get("purged")?,
+                shown: row.try_get("shown")?,
             }),
             None => None,
         };
@@ -170,6 +172,7 @@ pub(super) async fn apply_profiles(
     let mut links = Links::default();
     let mut students_changed: Vec<i64> = Vec::new();
     let mut touched_guardians: Vec<i64> = Vec::new();
+    let mut unshown_guardians: Vec<i64> = Vec::new();
     let mut intake_schools: HashSet<i64> = HashSet::new();
     let mut pending_guardians: Vec<batch::PendingGuardian> = Vec::new();
     for ((school_id, kind, key), slot) in &slots {
@@ -226,7 +229,12 @@ pub(super) async fn apply_profiles(
             ProfileKind::Student if slot.was_status != Some(state.status) => {
                 students_changed.push(slot.id)
             }
-            ProfileKind::Guardian => touched_guardians.push(slot.id),
+            ProfileKind::Guardian => {
+                touched_guardians.push(slot.id);
+                if !state.shown {
+                    unshown_guardians.push(slot.id);
+                }
+            }
             _ => {}
         }
     }
@@ -249,6 +257,7 @@ pub(super) async fn apply_profiles(
         .bind(&purge_now)
         .execute(&mut **tx)
         .await?;
+        purge_copies(tx, &purge_now).await?;
     }
     ensure_intake_groups(tx, &intake_schools.into_iter().collect::<Vec<_>>()).await?;
     members.write(tx).await?;
@@ -261,6 +270,16 @@ pub(super) async fn apply_profiles(
         effects,
     )
     .await?;
+    // R12: a guardian the batch leaves visible has been shown (held ones,
+    // whose children are all under 4, have not: `rules::purge_at_once`).
+    if !unshown_guardians.is_empty() {
+        sqlx::query(
+            "UPDATE profiles SET shown = TRUE WHERE id = ANY($1) AND status = 'active' AND NOT shown",
+        )
+        .bind(&unshown_guardians)
+        .execute(&mut **tx)
+        .await?;
+    }
     resolve_suggestions(tx, &touched_guardians, effects).await?;
     Ok(())
 }
@@ -314,13 +333,14 @@ impl ProfileWrite {
             "INSERT INTO profiles (school_id, kind, las_key, status, version, role, last_message_id,
                 first_name, name_prefix, last_name, birth_date, street, postcode, city,
                 phone, mobile, emergency_phone, email, data_version, email_version,
-                las_group_keys, in_intake, deactivated_at, deactivation_reason)
+                las_group_keys, in_intake, deactivated_at, deactivation_reason, shown)
              SELECT sc, kd, lk, status, version, role, message_id,
                 first_name, name_prefix, last_name, birth_date, street, postcode, city,
                 phone, mobile, emergency_phone, email, data_version, email_version,
                 CASE WHEN lg = '' THEN '{}'::text[] ELSE string_to_array(lg, chr(31)) END, in_intake,
                 CASE WHEN status = 'deactivated' THEN now() END,
-                CASE WHEN status = 'deactivated' THEN 'removed_in_las' END
+                CASE WHEN status = 'deactivated' THEN 'removed_in_las' END,
+                status = 'active' AND kd <> 'guardian'
              FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                          $8::date[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
                          $16::int8[], $17::int8[], $18::text[], $19::bool[], $20::int8[], $21::text[], $22::text[])
@@ -376,6 +396,7 @@ impl ProfileWrite {
                 data_version = t.data_version, email_version = t.email_version,
                 las_group_keys = CASE WHEN t.lg = '' THEN '{}'::text[] ELSE string_to_array(t.lg, chr(31)) END,
                 in_intake = t.in_intake,
+                shown = p.shown OR (t.status = 'active' AND p.kind <> 'guardian'),
                 deactivated_at = CASE WHEN t.status = 'deactivated' THEN COALESCE(p.deactivated_at, now()) END,
                 deactivation_reason = CASE WHEN t.status = 'deactivated' THEN
                     CASE WHEN p.status = 'deactivated' AND p.version = t.version THEN p.deactivation_reason ELSE 'removed_in_las' END END,

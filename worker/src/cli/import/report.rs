@@ -117,6 +117,15 @@ pub(super) fn base_record(item: &Item, m: Option<&Inbound>) -> Record {
             rec.entity = Some("guardian");
             rec.las_key = e.guardian_las_key.clone();
         }
+        Inbound::Erasure(e) => {
+            rec.entity = Some(match e.entity_kind.trim() {
+                "student" => "student",
+                "guardian" => "guardian",
+                "staff" => "staff",
+                _ => "unknown",
+            });
+            rec.las_key = Some(e.las_key.trim().to_owned());
+        }
         Inbound::Coupling(c) => {
             rec.entity = Some(match c.entity_kind.trim() {
                 "student" => "student",

@@ -374,6 +374,7 @@ pub fn coupled_state(contact: Contact, role: Option<String>) -> Profile {
         contact,
         status: Status::Active,
         role,
+        shown: true,
         ..Profile::empty()
     }
 }

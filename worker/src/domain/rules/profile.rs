@@ -259,7 +259,7 @@ pub fn apply_removal(current: Option<&Profile>, version: i64) -> Outcome {
     if p.status != Status::Deactivated {
         decisions.push(Decision::new(Rule::R12, Action::Deactivated, None));
     }
-    if crate::domain::rules::retention::purge_at_once(p.status, Status::Deactivated) {
+    if crate::domain::rules::retention::purge_at_once(p.status, Status::Deactivated, p.shown) {
         p.contact = Contact::default();
         p.purged = true;
         decisions.push(Decision::new(Rule::R12, Action::PurgedAtOnce, None));
@@ -315,6 +315,16 @@ mod tests {
             "a shown profile keeps its term"
         );
         assert!(!has(&a, Rule::R12, Action::PurgedAtOnce, None));
+        let once_shown = Profile {
+            shown: true,
+            ..held.clone()
+        };
+        let a = applied(apply_removal(Some(&once_shown), 2));
+        assert_eq!(
+            a.profile.contact.first_name.as_deref(),
+            Some("Pim"),
+            "held now but shown before (a guardian whose visible child left): its term applies"
+        );
     }
 
     #[test]

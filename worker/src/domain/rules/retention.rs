@@ -31,8 +31,10 @@ pub fn guardian_follows_students(status: Status, deactivation_reason: Option<&st
 /// purpose once it is deactivated: nobody saw it, nobody needs it for the
 /// leaving child's last weeks. Its personal data is purged at once instead
 /// of after the retention term.
-pub fn purge_at_once(was: Status, now: Status) -> bool {
-    was == Status::Held && now == Status::Deactivated
+/// `shown`: the profile was ever active (a guardian may go from active to
+/// held when its last visible child leaves; it keeps its term then).
+pub fn purge_at_once(was: Status, now: Status, shown: bool) -> bool {
+    was == Status::Held && now == Status::Deactivated && !shown
 }
 
 /// Deactivation reason of a guardian whose students were all removed (R12).

@@ -81,6 +81,7 @@ pub(crate) fn existing(contact: Contact, version: i64) -> Profile {
         las_group_keys: vec![],
         in_intake: false,
         purged: false,
+        shown: true,
     }
 }
 
