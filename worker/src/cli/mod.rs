@@ -345,7 +345,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(cmd) => snapshot::run(db, cmd).await,
         Command::Import(args) => {
             // A dry run writes nothing, not even a database or its schema.
-            let store = open_store(db, 2, !args.dry_run).await?;
+            let store = open_store(db, 2, !args.dry_run)
+                .await?
+                .with_portal_base_url(args.portal_base_url.clone());
             if !args.dry_run {
                 store.migrate().await?;
             }

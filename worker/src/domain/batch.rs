@@ -489,6 +489,7 @@ mod tests {
             staff_phones: vec![],
             coupling: Default::default(),
             composite_groups_lead: false,
+            suggestion_detail: las_contracts::SuggestionDetail::Full,
         }
     }
 

@@ -38,10 +38,14 @@ pub(super) fn settings_from_row(
         coupling: las_contracts::CouplingMode::parse(&row.try_get::<String, _>("coupling")?)
             .unwrap_or_default(),
         composite_groups_lead: row.try_get("composite_groups_lead")?,
+        suggestion_detail: las_contracts::SuggestionDetail::parse(
+            &row.try_get::<String, _>("suggestion_detail")?,
+        )
+        .unwrap_or_default(),
     })
 }
 
-pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones, coupling, composite_groups_lead";
+pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones, coupling, composite_groups_lead, suggestion_detail";
 
 pub(super) async fn load_schools(
     tx: &mut Transaction<'_, Postgres>,
@@ -144,8 +148,8 @@ pub(super) async fn apply_link(
     sqlx::query(
         "INSERT INTO schools (brin, las_system, environment_id, environment_label, intake_weeks_ahead,
              default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days,
-             snapshot_guard_percent, staff_phones, coupling, composite_groups_lead)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             snapshot_guard_percent, staff_phones, coupling, composite_groups_lead, suggestion_detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (brin) DO UPDATE SET
              environment_label = EXCLUDED.environment_label,
              intake_weeks_ahead = EXCLUDED.intake_weeks_ahead,
@@ -157,6 +161,7 @@ pub(super) async fn apply_link(
              staff_phones = EXCLUDED.staff_phones,
              coupling = EXCLUDED.coupling,
              composite_groups_lead = EXCLUDED.composite_groups_lead,
+             suggestion_detail = EXCLUDED.suggestion_detail,
              updated_at = now()",
     )
     .bind(&link.brin)
@@ -178,6 +183,7 @@ pub(super) async fn apply_link(
     )
     .bind(settings.coupling.as_str())
     .bind(settings.composite_groups_lead)
+    .bind(settings.suggestion_detail.as_str())
     .execute(&mut **tx)
     .await?;
     let decision = if existing.is_some() {
@@ -235,6 +241,8 @@ pub struct SchoolView {
     pub coupling: String,
     /// R7: composite groups are listed first and lead (v1.3).
     pub composite_groups_lead: bool,
+    /// R10: what suggestion e-mails say: `full` or `notice` (v1.3).
+    pub suggestion_detail: String,
     /// The first run's mapping (empty until it happened).
     pub group_mapping: serde_json::Value,
     pub first_run_at: Timestamp,
@@ -250,7 +258,7 @@ impl Store {
             "SELECT brin, las_system AS system, environment_id, environment_label AS label,
                 intake_weeks_ahead, default_staff_role, link_staff_to_groups,
                 esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones,
-                coupling, composite_groups_lead, group_mapping, first_run_at,
+                coupling, composite_groups_lead, suggestion_detail, group_mapping, first_run_at,
                 last_sync_at, created_at, updated_at
          FROM schools WHERE brin = $1",
         )

@@ -110,6 +110,7 @@ pub fn link_settings(
         },
         coupling: link.coupling.unwrap_or_default(),
         composite_groups_lead: link.composite_groups_lead.unwrap_or(false),
+        suggestion_detail: link.suggestion_detail.unwrap_or_default(),
     })
 }
 
@@ -199,6 +200,7 @@ mod tests {
             staff_phones: None,
             coupling: None,
             composite_groups_lead: None,
+            suggestion_detail: None,
             emitted_at: None,
         }
     }
@@ -217,6 +219,16 @@ mod tests {
         let mut l = link(LasSystem::Parnassys, "env", None);
         l.composite_groups_lead = Some(true);
         assert!(link_settings(Some(&s1), &l).unwrap().composite_groups_lead);
+        assert_eq!(
+            s1.suggestion_detail,
+            las_contracts::SuggestionDetail::Full,
+            "R10: full suggestion e-mails unless the school asks for a notice"
+        );
+        l.suggestion_detail = Some(las_contracts::SuggestionDetail::Notice);
+        assert_eq!(
+            link_settings(Some(&s1), &l).unwrap().suggestion_detail,
+            las_contracts::SuggestionDetail::Notice
+        );
         assert!(link_settings(Some(&s1), &link(LasSystem::Parnassys, "env", None)).is_ok());
         let r = link_settings(Some(&s1), &link(LasSystem::Parnassys, "env-2", None)).unwrap_err();
         assert_eq!(r.reason, las_contracts::RejectReason::RelinkRefused);

@@ -35,6 +35,7 @@ pub(crate) fn school(system: LasSystem) -> SchoolSettings {
         staff_phones: vec![],
         coupling: Default::default(),
         composite_groups_lead: false,
+        suggestion_detail: las_contracts::SuggestionDetail::Full,
     }
 }
 
