@@ -437,8 +437,43 @@ pub struct PortalLinkV1 {
     /// worker stores it (`schools.composite_groups_lead`) for the portal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub composite_groups_lead: Option<bool>,
+    /// Added in v1.3: what a suggestion e-mail to the school says (R10):
+    /// `full` (default) names the guardian, the student(s) and per field the
+    /// current and proposed value; `notice` says only that a suggestion waits,
+    /// with a link into the portal: no names, no values, no LAS keys of
+    /// persons, for schools whose policy keeps pupil data out of e-mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion_detail: Option<SuggestionDetail>,
     #[serde(default)]
     pub emitted_at: Option<DateTime<Utc>>,
+}
+
+/// R10: the detail of a suggestion e-mail to the school.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SuggestionDetail {
+    /// Names, current and proposed values.
+    #[default]
+    Full,
+    /// Only that a suggestion waits, with a link into the portal.
+    Notice,
+}
+
+impl SuggestionDetail {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuggestionDetail::Full => "full",
+            SuggestionDetail::Notice => "notice",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SuggestionDetail> {
+        match s {
+            "full" => Some(SuggestionDetail::Full),
+            "notice" => Some(SuggestionDetail::Notice),
+            _ => None,
+        }
+    }
 }
 
 /// R13: how a school couples LAS records to its existing portal profiles.
@@ -618,6 +653,16 @@ pub struct ParentEditV1 {
     pub guardian_las_key: Option<String>,
     #[serde(default)]
     pub guardian_profile_id: Option<i64>,
+    /// Added in v1.3: the edit corrects this child's imported data
+    /// ("Melding ouder-/kindgegevens", R10) instead of the guardian's own. It
+    /// must name one of the guardian's own children in this school, by LAS
+    /// key or by portal profile id; otherwise the edit is rejected
+    /// (`validation_failed`). Absent: the edit is about the guardian.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_las_key: Option<String>,
+    /// Added in v1.3: the child by portal profile id (see `student_las_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_profile_id: Option<i64>,
     pub edited_at: DateTime<Utc>,
     /// The proposed values, per field (contract field names, e.g. `phone`).
     /// `null` or an empty string proposes to remove the value.
@@ -627,9 +672,11 @@ pub struct ParentEditV1 {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FieldProposal {
-    /// One of first_name, name_prefix, last_name, street, postcode, city,
-    /// phone, mobile, emergency_phone, email; other names are portal-only
-    /// fields and are not suggestions (R5).
+    /// For a guardian one of first_name, name_prefix, last_name, street,
+    /// postcode, city, phone, mobile, emergency_phone (ESIS), email; for a
+    /// child (v1.3, `student_las_key`) one of first_name, name_prefix,
+    /// last_name, birth_date (`YYYY-MM-DD`), street, postcode, city. Other
+    /// names are portal-only or not imported and are not suggestions (R5).
     pub field: String,
     #[serde(default)]
     pub proposed: Option<String>,

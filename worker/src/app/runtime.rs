@@ -82,7 +82,9 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut retry = Retry::new();
     let store = loop {
         let attempt = async {
-            let store = open_store(db, args.db_max_connections, true).await?;
+            let store = open_store(db, args.db_max_connections, true)
+                .await?
+                .with_portal_base_url(args.mail.portal_base_url.clone());
             store.migrate().await?;
             anyhow::Ok(store)
         };

@@ -110,6 +110,11 @@ pub struct MailArgs {
     /// Run the e-mail dispatcher in this process.
     #[arg(long, env = "MAIL_DISPATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pub mail_dispatch: bool,
+    /// The portal's address, e.g. `https://ouderportaal.example`: suggestion
+    /// e-mails link to `{PORTAL_BASE_URL}/suggestions/{id}` (R10). Unset:
+    /// the e-mail names the suggestion's number without a link.
+    #[arg(long, env = "PORTAL_BASE_URL")]
+    pub portal_base_url: Option<String>,
 }
 
 impl MailArgs {
@@ -121,6 +126,11 @@ impl MailArgs {
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
             return Err("MAIL_API_URL must start with http:// or https://".into());
+        }
+        if let Some(u) = &self.portal_base_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err("PORTAL_BASE_URL must start with http:// or https://".into());
         }
         if self.mail_timeout_ms == 0 {
             return Err("MAIL_TIMEOUT_MS must be at least 1".into());

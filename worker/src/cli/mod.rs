@@ -232,7 +232,7 @@ pub enum SchoolCommand {
     #[command(
         after_help = "Examples:\n  las-worker school configure --brin 12AB --system parnassys --environment-id parnassys-12AB-prod\n  las-worker school configure --brin 34CD --system esis --environment-id esis-34CD --label \"BasisOnline Ouderportaal\" --intake-weeks-ahead 6\n\nExit codes: 0 applied, 1 refused (R6: another LAS environment, ESIS label), 2 invalid option or error."
     )]
-    Configure(crate::cli::school::ConfigureArgs),
+    Configure(Box<crate::cli::school::ConfigureArgs>),
     /// A school's link settings as JSON, with first_run_at and last_sync_at
     /// (exit code 1 and no output when the school is not linked).
     #[command(after_help = "Example:\n  las-worker school show --brin 12AB")]
@@ -345,7 +345,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(cmd) => snapshot::run(db, cmd).await,
         Command::Import(args) => {
             // A dry run writes nothing, not even a database or its schema.
-            let store = open_store(db, 2, !args.dry_run).await?;
+            let store = open_store(db, 2, !args.dry_run)
+                .await?
+                .with_portal_base_url(args.portal_base_url.clone());
             if !args.dry_run {
                 store.migrate().await?;
             }

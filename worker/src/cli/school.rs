@@ -95,6 +95,11 @@ pub struct ConfigureArgs {
     /// groepen en jaargroepen omdraaien"; default false).
     #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
     pub composite_groups_lead: Option<bool>,
+    /// R10: what suggestion e-mails to the school say: `full` (the default:
+    /// names, current and proposed values) or `notice` (only that a
+    /// suggestion waits, with a link into the portal; seed 003).
+    #[arg(long, value_parser = ["full", "notice"])]
+    pub suggestion_detail: Option<String>,
 }
 
 /// `las-worker school ...`.
@@ -190,6 +195,10 @@ pub fn link_message(args: &ConfigureArgs, current: Option<&SchoolView>) -> serde
         "composite_groups_lead": args
             .composite_groups_lead
             .or_else(|| current.map(|c| c.composite_groups_lead)),
+        "suggestion_detail": args
+            .suggestion_detail
+            .clone()
+            .or_else(|| current.map(|c| c.suggestion_detail.clone())),
         "emitted_at": chrono::Utc::now(),
     })
 }
@@ -292,6 +301,7 @@ mod tests {
             staff_retention_days: 200,
             year_records_kept_years: 3,
             composite_groups_lead: true,
+            suggestion_detail: "notice".into(),
             group_mapping: serde_json::json!([]),
             first_run_at: None,
             last_sync_at: None,
@@ -316,6 +326,9 @@ mod tests {
         assert_eq!(m["composite_groups_lead"], true, "kept");
         let m = link_message(&args(&["--composite-groups-lead", "false"]), Some(&cur));
         assert_eq!(m["composite_groups_lead"], false);
+        assert_eq!(m["suggestion_detail"], "notice", "kept");
+        let m = link_message(&args(&["--suggestion-detail", "full"]), Some(&cur));
+        assert_eq!(m["suggestion_detail"], "full");
         let m = link_message(&args(&["--intake-weeks-ahead", "off"]), Some(&cur));
         assert!(m["intake_weeks_ahead"].is_null());
         let m = link_message(&args(&["--staff-phones", "none"]), Some(&cur));

@@ -475,6 +475,9 @@ pub struct SchoolSettings {
     /// R7: composite groups are listed first and lead ("samengestelde groepen
     /// en jaargroepen omdraaien"); stored for the portal, off by default.
     pub composite_groups_lead: bool,
+    /// R10: what a suggestion e-mail says: `full` (names, values) or
+    /// `notice` (only that a suggestion waits, with a link into the portal).
+    pub suggestion_detail: las_contracts::SuggestionDetail,
 }
 
 pub const DEFAULT_STAFF_ROLE: &str = "Leerkracht";

@@ -54,7 +54,15 @@ impl Store {
             match m {
                 Inbound::Link(link) => outcomes[i] = Some(apply_link(&mut tx, link).await?),
                 Inbound::ParentEdit(edit) => {
-                    outcomes[i] = Some(apply_parent_edit(&mut tx, edit, &mut effects).await?)
+                    outcomes[i] = Some(
+                        apply_parent_edit(
+                            &mut tx,
+                            edit,
+                            self.portal_base_url.as_deref(),
+                            &mut effects,
+                        )
+                        .await?,
+                    )
                 }
                 Inbound::Coupling(decision) => {
                     apply_coupling(

@@ -48,7 +48,8 @@ impl Store {
             "SELECT p.id, p.school_id, p.kind, p.las_key, p.status, p.birth_date, p.las_group_keys, p.in_intake,
                     s.brin, s.las_system, s.environment_id, s.environment_label, s.intake_weeks_ahead, s.default_staff_role,
                     s.link_staff_to_groups, s.esis_composite_groups, s.retention_days, s.snapshot_guard_percent, s.staff_phones,
-                    s.coupling, s.composite_groups_lead, s.staff_retention_days, s.year_records_kept_years
+                    s.coupling, s.composite_groups_lead, s.staff_retention_days, s.year_records_kept_years,
+                    s.suggestion_detail
              FROM profiles p JOIN schools s ON s.id = p.school_id
              WHERE p.kind = 'student' AND p.las_key IS NOT NULL
                AND (p.status = 'held' OR (p.status = 'active' AND p.in_intake))
@@ -313,7 +314,8 @@ pub(super) async fn purge_copies(
     }
     sqlx::query(
         "UPDATE suggestion_fields f SET current_value = NULL, proposed_value = NULL
-             FROM suggestions s WHERE f.suggestion_id = s.id AND s.guardian_profile_id = ANY($1)",
+             FROM suggestions s WHERE f.suggestion_id = s.id
+               AND (s.guardian_profile_id = ANY($1) OR s.student_profile_id = ANY($1))",
     )
     .bind(purged)
     .execute(&mut **tx)
@@ -327,7 +329,7 @@ pub(super) async fn purge_copies(
                     last_error = NULL,
                     status = CASE WHEN e.status IN ('pending', 'sending') THEN 'cancelled' ELSE e.status END
              FROM suggestions s
-             WHERE e.suggestion_id = s.id AND (s.guardian_profile_id = ANY($1) OR s.guardian_profile_id IN (
+             WHERE e.suggestion_id = s.id AND (s.guardian_profile_id = ANY($1) OR s.student_profile_id = ANY($1) OR s.guardian_profile_id IN (
                  SELECT g.id FROM profiles c
                  JOIN guardian_students gs ON gs.school_id = c.school_id AND gs.student_key = c.las_key
                  JOIN profiles g ON g.school_id = gs.school_id AND g.kind = 'guardian' AND g.las_key = gs.guardian_key

@@ -49,6 +49,9 @@ use {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// The portal's address (`PORTAL_BASE_URL`) for the link in suggestion
+    /// e-mails (R10); without it the e-mail names the suggestion number only.
+    portal_base_url: Option<String>,
 }
 
 impl Store {
@@ -60,7 +63,16 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(classify)?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            portal_base_url: None,
+        })
+    }
+
+    /// The portal's address for the links in suggestion e-mails (R10).
+    pub fn with_portal_base_url(mut self, url: Option<String>) -> Self {
+        self.portal_base_url = url.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
+        self
     }
 
     /// Creates the database of `url` when it does not exist yet; returns
@@ -75,7 +87,10 @@ impl Store {
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Store { pool }
+        Store {
+            pool,
+            portal_base_url: None,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -173,6 +173,8 @@ pub(super) async fn apply_profiles(
     let mut students_changed: Vec<i64> = Vec::new();
     let mut touched_guardians: Vec<i64> = Vec::new();
     let mut unshown_guardians: Vec<i64> = Vec::new();
+    // R10: the profiles whose open suggestions a LAS import may resolve.
+    let mut touched_for_suggestions: Vec<i64> = Vec::new();
     let mut intake_schools: HashSet<i64> = HashSet::new();
     let mut pending_guardians: Vec<batch::PendingGuardian> = Vec::new();
     for ((school_id, kind, key), slot) in &slots {
@@ -224,6 +226,9 @@ pub(super) async fn apply_profiles(
             } else {
                 links.replace(*school_id, key, students);
             }
+        }
+        if !slot.inserted && matches!(kind, ProfileKind::Student | ProfileKind::Guardian) {
+            touched_for_suggestions.push(slot.id);
         }
         match kind {
             ProfileKind::Student if slot.was_status != Some(state.status) => {
@@ -280,7 +285,7 @@ pub(super) async fn apply_profiles(
         .execute(&mut **tx)
         .await?;
     }
-    resolve_suggestions(tx, &touched_guardians, effects).await?;
+    resolve_suggestions(tx, &touched_for_suggestions, effects).await?;
     Ok(())
 }
 

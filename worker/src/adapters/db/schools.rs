@@ -42,10 +42,14 @@ pub(super) fn settings_from_row(
         year_records_kept_years: row
             .try_get::<i32, _>("year_records_kept_years")?
             .clamp(0, 5) as u32,
+        suggestion_detail: las_contracts::SuggestionDetail::parse(
+            &row.try_get::<String, _>("suggestion_detail")?,
+        )
+        .unwrap_or_default(),
     })
 }
 
-pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones, coupling, composite_groups_lead, staff_retention_days, year_records_kept_years";
+pub(super) const SCHOOL_COLUMNS: &str = "id, brin, las_system, environment_id, environment_label, intake_weeks_ahead, default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones, coupling, composite_groups_lead, staff_retention_days, year_records_kept_years, suggestion_detail";
 
 pub(super) async fn load_schools(
     tx: &mut Transaction<'_, Postgres>,
@@ -149,8 +153,8 @@ pub(super) async fn apply_link(
         "INSERT INTO schools (brin, las_system, environment_id, environment_label, intake_weeks_ahead,
              default_staff_role, link_staff_to_groups, esis_composite_groups, retention_days,
              snapshot_guard_percent, staff_phones, coupling, composite_groups_lead,
-             staff_retention_days, year_records_kept_years)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             staff_retention_days, year_records_kept_years, suggestion_detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (brin) DO UPDATE SET
              environment_label = EXCLUDED.environment_label,
              intake_weeks_ahead = EXCLUDED.intake_weeks_ahead,
@@ -164,6 +168,7 @@ pub(super) async fn apply_link(
              composite_groups_lead = EXCLUDED.composite_groups_lead,
              staff_retention_days = EXCLUDED.staff_retention_days,
              year_records_kept_years = EXCLUDED.year_records_kept_years,
+             suggestion_detail = EXCLUDED.suggestion_detail,
              updated_at = now()",
     )
     .bind(&link.brin)
@@ -187,6 +192,7 @@ pub(super) async fn apply_link(
     .bind(settings.composite_groups_lead)
     .bind(settings.staff_retention_days.min(i32::MAX as u32) as i32)
     .bind(settings.year_records_kept_years as i32)
+    .bind(settings.suggestion_detail.as_str())
     .execute(&mut **tx)
     .await?;
     let decision = if existing.is_some() {
@@ -248,6 +254,8 @@ pub struct SchoolView {
     pub staff_retention_days: i32,
     /// R11/R12: school years the year-bound records stay after a rollover.
     pub year_records_kept_years: i32,
+    /// R10: what suggestion e-mails say: `full` or `notice` (v1.3).
+    pub suggestion_detail: String,
     /// The first run's mapping (empty until it happened).
     pub group_mapping: serde_json::Value,
     pub first_run_at: Timestamp,
@@ -264,7 +272,7 @@ impl Store {
                 intake_weeks_ahead, default_staff_role, link_staff_to_groups,
                 esis_composite_groups, retention_days, snapshot_guard_percent, staff_phones,
                 coupling, composite_groups_lead, staff_retention_days, year_records_kept_years,
-                group_mapping, first_run_at,
+                suggestion_detail, group_mapping, first_run_at,
                 last_sync_at, created_at, updated_at
          FROM schools WHERE brin = $1",
         )

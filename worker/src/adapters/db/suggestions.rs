@@ -8,13 +8,17 @@ use super::*;
 use crate::domain::message::Rejection;
 use crate::domain::outcome::{BatchEffects, MessageOutcome};
 use crate::domain::rules::Contact;
-use crate::domain::rules::suggestions::PortalUser;
+use crate::domain::rules::ProfileKind;
+use crate::domain::rules::suggestions::{
+    AboutStudent, Child, PortalUser, child_of, full_name, suggestion_link,
+};
 
 /// R10: a parent's edit becomes a suggestion, with one outbox e-mail per
 /// recipient, in the transaction that consumes the message.
 pub(super) async fn apply_parent_edit(
     tx: &mut Transaction<'_, Postgres>,
     edit: &las_contracts::ParentEditV1,
+    portal_base_url: Option<&str>,
     effects: &mut BatchEffects,
 ) -> Result<MessageOutcome, StoreError> {
     let reject = |reason: RejectReason, text: String| {
@@ -69,6 +73,45 @@ pub(super) async fn apply_parent_edit(
             ),
         );
     };
+    let guardian_id: i64 = g.try_get("id")?;
+    let guardian_key = g.try_get::<Option<String>, _>("las_key")?;
+    // v1.3: a correction of one of the guardian's own children's data.
+    let names_student = edit
+        .student_las_key
+        .as_deref()
+        .is_some_and(|k| !k.trim().is_empty())
+        || edit.student_profile_id.is_some();
+    let student = match (&guardian_key, names_student) {
+        (Some(gkey), true) => {
+            let children: Vec<Child> = sqlx::query_as::<_, (i64, String)>(
+                "SELECT s.id, s.las_key FROM guardian_students gs
+                 JOIN profiles s ON s.school_id = gs.school_id AND s.kind = 'student' AND s.las_key = gs.student_key
+                 WHERE gs.school_id = $1 AND gs.guardian_key = $2 AND s.status = 'active'
+                 ORDER BY s.id",
+            )
+            .bind(school_id)
+            .bind(gkey)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(profile_id, las_key)| Child {
+                profile_id,
+                las_key,
+            })
+            .collect();
+            match child_of(
+                &edit.brin,
+                gkey,
+                &children,
+                edit.student_las_key.as_deref(),
+                edit.student_profile_id,
+            ) {
+                Ok(c) => Some(c.clone()),
+                Err(text) => return reject(RejectReason::ValidationFailed, text),
+            }
+        }
+        _ => None,
+    };
     let fresh = sqlx::query(
         "INSERT INTO processed_messages (message_id, school_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
@@ -80,8 +123,7 @@ pub(super) async fn apply_parent_edit(
     if fresh == 0 {
         return Ok(MessageOutcome::Duplicate);
     }
-    let guardian_id: i64 = g.try_get("id")?;
-    let Some(guardian_key) = g.try_get::<Option<String>, _>("las_key")? else {
+    let Some(guardian_key) = guardian_key else {
         // R13: the portal owns an uncoupled profile; its edits are the
         // portal's own changes, not suggestions to the school.
         return Ok(MessageOutcome::Applied {
@@ -93,7 +135,21 @@ pub(super) async fn apply_parent_edit(
         });
     };
     let contact = contact_from_row(&g)?;
-    let plan = crate::domain::rules::suggestions::plan(settings.system, &contact, &edit.changes);
+    // The profile the suggestion is about: the guardian, or the child.
+    let (kind, current) = match &student {
+        Some(child) => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {CONTACT_COLUMNS} FROM profiles WHERE id = $1"
+            )))
+            .bind(child.profile_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            (ProfileKind::Student, contact_from_row(&row)?)
+        }
+        None => (ProfileKind::Guardian, contact.clone()),
+    };
+    let plan =
+        crate::domain::rules::suggestions::plan(kind, settings.system, &current, &edit.changes);
     if plan.changes.is_empty() {
         return Ok(MessageOutcome::Applied {
             decisions: plan.decisions(),
@@ -112,12 +168,13 @@ pub(super) async fn apply_parent_edit(
     let users = school_users(&mut **tx, school_id).await?;
     let recipients = crate::domain::rules::suggestions::recipients(&users);
     let suggestion_id: i64 = sqlx::query_scalar(
-        "INSERT INTO suggestions (school_id, message_id, guardian_profile_id, edited_at, recipients)
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO suggestions (school_id, message_id, guardian_profile_id, student_profile_id, edited_at, recipients)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(school_id)
     .bind(edit.message_id)
     .bind(guardian_id)
+    .bind(student.as_ref().map(|c| c.profile_id))
     .bind(edit.edited_at)
     .bind(recipients.len() as i32)
     .fetch_one(&mut **tx)
@@ -150,6 +207,13 @@ pub(super) async fn apply_parent_edit(
     let ctx = crate::domain::rules::suggestions::EmailContext {
         brin: edit.brin.clone(),
         system: settings.system,
+        detail: settings.suggestion_detail,
+        suggestion_id,
+        link: suggestion_link(portal_base_url, suggestion_id),
+        about_student: student.as_ref().map(|c| AboutStudent {
+            name: full_name(&current),
+            las_key: c.las_key.clone(),
+        }),
         guardian_name: crate::domain::rules::suggestions::full_name(&contact),
         guardian_las_key: guardian_key.clone(),
         student_names: students
@@ -223,30 +287,34 @@ pub(super) async fn school_users<'e, E: sqlx::PgExecutor<'e>>(
         .collect())
 }
 
-/// R10: an open suggestion is resolved when the LAS brings every proposed value.
+/// R10: an open suggestion is resolved when the LAS brings every proposed
+/// value to the profile it is about: the guardian, or the child whose data
+/// the guardian corrected. `profiles`: the guardians and students a batch wrote.
 pub(super) async fn resolve_suggestions(
     tx: &mut Transaction<'_, Postgres>,
-    guardians: &[i64],
+    profiles: &[i64],
     effects: &mut BatchEffects,
 ) -> Result<(), StoreError> {
-    if guardians.is_empty() {
+    if profiles.is_empty() {
         return Ok(());
     }
     let took: Vec<f64> = sqlx::query_scalar(
         "UPDATE suggestions s SET status = 'resolved', closed_at = now(), closed_reason = 'las_import'
          FROM profiles p
-         WHERE s.status = 'open' AND p.id = s.guardian_profile_id AND p.id = ANY($1)
+         WHERE s.status = 'open' AND p.id = COALESCE(s.student_profile_id, s.guardian_profile_id)
+           AND (s.student_profile_id = ANY($1) OR (s.student_profile_id IS NULL AND s.guardian_profile_id = ANY($1)))
            AND NOT EXISTS (
                SELECT 1 FROM suggestion_fields f WHERE f.suggestion_id = s.id
                  AND f.proposed_value IS DISTINCT FROM (CASE f.field
                      WHEN 'first_name' THEN p.first_name WHEN 'name_prefix' THEN p.name_prefix
-                     WHEN 'last_name' THEN p.last_name WHEN 'street' THEN p.street
+                     WHEN 'last_name' THEN p.last_name WHEN 'birth_date' THEN p.birth_date::text
+                     WHEN 'street' THEN p.street
                      WHEN 'postcode' THEN p.postcode WHEN 'city' THEN p.city
                      WHEN 'phone' THEN p.phone WHEN 'mobile' THEN p.mobile
                      WHEN 'emergency_phone' THEN p.emergency_phone WHEN 'email' THEN p.email END))
          RETURNING EXTRACT(EPOCH FROM (now() - s.edited_at))::float8",
     )
-    .bind(guardians)
+    .bind(profiles)
     .fetch_all(&mut **tx)
     .await?;
     effects.suggestions_resolved.extend(took);
@@ -259,6 +327,9 @@ pub struct SuggestionView {
     pub id: i64,
     /// `None` once the guardian was uncoupled (R13).
     pub guardian_las_key: Option<String>,
+    /// Set when the suggestion is about a child's data (v1.3), not the
+    /// guardian's own.
+    pub student_las_key: Option<String>,
     pub status: String,
     pub fields: Vec<String>,
     pub recipients: i32,
@@ -296,7 +367,7 @@ impl Store {
         status: Option<&str>,
     ) -> Result<Vec<SuggestionView>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT s.id, p.las_key AS guardian_las_key, s.status,
+            "SELECT s.id, p.las_key AS guardian_las_key, st.las_key AS student_las_key, s.status,
                     ARRAY(SELECT f.field FROM suggestion_fields f WHERE f.suggestion_id = s.id ORDER BY f.field) AS fields,
                     s.recipients,
                     (SELECT count(*) FROM email_outbox e WHERE e.suggestion_id = s.id AND e.status = 'sent') AS emails_sent,
@@ -304,6 +375,7 @@ impl Store {
                     (SELECT count(*) FROM email_outbox e WHERE e.suggestion_id = s.id AND e.status = 'failed') AS emails_failed,
                     s.edited_at, s.closed_at, s.closed_reason
              FROM suggestions s JOIN schools sc ON sc.id = s.school_id JOIN profiles p ON p.id = s.guardian_profile_id
+             LEFT JOIN profiles st ON st.id = s.student_profile_id
              WHERE sc.brin = $1 AND ($2::text IS NULL OR s.status = $2)
              ORDER BY s.id DESC",
         )

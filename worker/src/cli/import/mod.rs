@@ -65,6 +65,10 @@ pub struct ImportArgs {
     /// Europe/Amsterdam.
     #[arg(long, env = "LAS_TODAY")]
     pub today: Option<NaiveDate>,
+    /// The portal's address for the links in suggestion e-mails (R10), as
+    /// the worker's PORTAL_BASE_URL.
+    #[arg(long, env = "PORTAL_BASE_URL")]
+    pub portal_base_url: Option<String>,
 }
 
 /// Runs the import; exit code 0 when no line was rejected, 1 when some were.

@@ -113,10 +113,17 @@ pub(super) fn base_record(item: &Item, m: Option<&Inbound>) -> Record {
             rec.version = Some(c.version);
         }
         Inbound::Link(_) => rec.entity = Some("school"),
-        Inbound::ParentEdit(e) => {
-            rec.entity = Some("guardian");
-            rec.las_key = e.guardian_las_key.clone();
-        }
+        // A correction of a child's data (v1.3) is about the student.
+        Inbound::ParentEdit(e) => match e.student_las_key.as_deref().map(str::trim) {
+            Some(k) if !k.is_empty() => {
+                rec.entity = Some("student");
+                rec.las_key = Some(k.to_owned());
+            }
+            _ => {
+                rec.entity = Some("guardian");
+                rec.las_key = e.guardian_las_key.clone();
+            }
+        },
         Inbound::Erasure(e) => {
             rec.entity = Some(match e.entity_kind.trim() {
                 "student" => "student",

@@ -115,6 +115,7 @@ pub fn link_settings(
             .unwrap_or(0)
             .min(MAX_YEAR_RECORDS_KEPT_YEARS),
         composite_groups_lead: link.composite_groups_lead.unwrap_or(false),
+        suggestion_detail: link.suggestion_detail.unwrap_or_default(),
     })
 }
 
@@ -206,6 +207,7 @@ mod tests {
             staff_retention_days: None,
             year_records_kept_years: None,
             composite_groups_lead: None,
+            suggestion_detail: None,
             emitted_at: None,
         }
     }
@@ -224,6 +226,16 @@ mod tests {
         let mut l = link(LasSystem::Parnassys, "env", None);
         l.composite_groups_lead = Some(true);
         assert!(link_settings(Some(&s1), &l).unwrap().composite_groups_lead);
+        assert_eq!(
+            s1.suggestion_detail,
+            las_contracts::SuggestionDetail::Full,
+            "R10: full suggestion e-mails unless the school asks for a notice"
+        );
+        l.suggestion_detail = Some(las_contracts::SuggestionDetail::Notice);
+        assert_eq!(
+            link_settings(Some(&s1), &l).unwrap().suggestion_detail,
+            las_contracts::SuggestionDetail::Notice
+        );
         assert!(link_settings(Some(&s1), &link(LasSystem::Parnassys, "env", None)).is_ok());
         let r = link_settings(Some(&s1), &link(LasSystem::Parnassys, "env-2", None)).unwrap_err();
         assert_eq!(r.reason, las_contracts::RejectReason::RelinkRefused);

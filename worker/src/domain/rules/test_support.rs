@@ -37,6 +37,7 @@ pub(crate) fn school(system: LasSystem) -> SchoolSettings {
         staff_retention_days: 730,
         year_records_kept_years: 0,
         composite_groups_lead: false,
+        suggestion_detail: las_contracts::SuggestionDetail::Full,
     }
 }
 
