@@ -1353,3 +1353,67 @@ async fn r12_after_the_purge_no_personal_data_rests_in_any_table_queue_log_or_me
         "K1, K2 (at once: never shown), O1, T1, and the removal's row of O3, which only ever waited"
     );
 }
+
+/// Issue #18: a suggestion e-mail names the guardian's children. When the LAS
+/// first drops the link to a child and the child's term ends later, the
+/// e-mail that named it is cleared all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_an_email_naming_a_child_is_purged_even_after_the_guardian_link_was_dropped() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    env.link(json!({"schema": "portal.link.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "system": "parnassys",
+                    "environment_id": P, "retention_days": 30}))
+        .await;
+    env.add_user(
+        "12AB",
+        "Koppelbeheerder",
+        "beheer@school.example",
+        "link_admin",
+        false,
+    )
+    .await;
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Hyacintha", "last_name": "Berk", "birth_date": "2018-02-02"})),
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S2", "first_name": "Bram", "last_name": "Berk", "birth_date": "2019-03-03"})),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "Ouder", "last_name": "Berk", "phone": "0301112233", "student_keys": ["S1", "S2"]})),
+    ])
+    .await;
+    env.wait_handled(4).await;
+    env.publish(&[json!({"schema": "portal.parent_edit.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB", "guardian_las_key": "G1",
+        "edited_at": "2026-11-22T10:00:00Z", "changes": [{"field": "phone", "proposed": "0309998877"}]})])
+    .await;
+    env.wait_handled(5).await;
+    let body: String = sqlx::query_scalar("SELECT body_text FROM email_outbox")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert!(
+        body.contains("Hyacintha"),
+        "the e-mail names the child: {body}"
+    );
+    // The LAS drops the link to S1, then removes S1; its term passes.
+    env.publish(&[
+        change("12AB", parnassys(P), 2, json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "Ouder", "last_name": "Berk", "phone": "0301112233", "student_keys": ["S2"]})),
+        change("12AB", parnassys(P), 2, json!({"type": "student.removed", "las_key": "S1"})),
+    ])
+    .await;
+    env.wait_handled(7).await;
+    sqlx::query(
+        "UPDATE profiles SET deactivated_at = now() - interval '40 days' WHERE las_key = 'S1'",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let (code, out) = env.cli(&["tick"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"purged\":1"), "{out}");
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT subject, body_text FROM email_outbox")
+        .fetch_all(&env.db)
+        .await
+        .unwrap();
+    for (subject, body) in &rows {
+        assert!(
+            !subject.contains("Hyacintha") && !body.contains("Hyacintha"),
+            "{subject} {body}"
+        );
+    }
+}

@@ -329,7 +329,7 @@ pub(super) async fn purge_copies(
                     last_error = NULL,
                     status = CASE WHEN e.status IN ('pending', 'sending') THEN 'cancelled' ELSE e.status END
              FROM suggestions s
-             WHERE e.suggestion_id = s.id AND (s.guardian_profile_id = ANY($1) OR s.student_profile_id = ANY($1) OR s.guardian_profile_id IN (
+             WHERE e.suggestion_id = s.id AND (s.guardian_profile_id = ANY($1) OR s.student_profile_id = ANY($1) OR s.named_student_ids && $1 OR s.guardian_profile_id IN (
                  SELECT g.id FROM profiles c
                  JOIN guardian_students gs ON gs.school_id = c.school_id AND gs.student_key = c.las_key
                  JOIN profiles g ON g.school_id = gs.school_id AND g.kind = 'guardian' AND g.las_key = gs.guardian_key

@@ -155,8 +155,10 @@ pub(super) async fn apply_parent_edit(
             decisions: plan.decisions(),
         });
     }
-    let students: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT s.first_name, s.name_prefix, s.last_name FROM guardian_students gs
+    // (first name, name prefix, last name, profile id) of the children.
+    type NamedChild = (Option<String>, Option<String>, Option<String>, i64);
+    let students: Vec<NamedChild> = sqlx::query_as(
+        "SELECT s.first_name, s.name_prefix, s.last_name, s.id FROM guardian_students gs
          JOIN profiles s ON s.school_id = gs.school_id AND s.kind = 'student' AND s.las_key = gs.student_key
          WHERE gs.school_id = $1 AND gs.guardian_key = $2 AND s.status = 'active'
          ORDER BY s.las_key",
@@ -168,8 +170,9 @@ pub(super) async fn apply_parent_edit(
     let users = school_users(&mut **tx, school_id).await?;
     let recipients = crate::domain::rules::suggestions::recipients(&users);
     let suggestion_id: i64 = sqlx::query_scalar(
-        "INSERT INTO suggestions (school_id, message_id, guardian_profile_id, student_profile_id, edited_at, recipients)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO suggestions (school_id, message_id, guardian_profile_id, student_profile_id, edited_at, recipients,
+                                  named_student_ids)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(school_id)
     .bind(edit.message_id)
@@ -177,6 +180,9 @@ pub(super) async fn apply_parent_edit(
     .bind(student.as_ref().map(|c| c.profile_id))
     .bind(edit.edited_at)
     .bind(recipients.len() as i32)
+    // R12: the children the e-mails name, so a purge finds them even after
+    // the LAS removed the guardian's link to a child.
+    .bind(students.iter().map(|s| s.3).collect::<Vec<i64>>())
     .fetch_one(&mut **tx)
     .await?;
     sqlx::query(
@@ -218,7 +224,7 @@ pub(super) async fn apply_parent_edit(
         guardian_las_key: guardian_key.clone(),
         student_names: students
             .into_iter()
-            .map(|(f, p, l)| {
+            .map(|(f, p, l, _)| {
                 crate::domain::rules::suggestions::full_name(&Contact {
                     first_name: f,
                     name_prefix: p,
