@@ -653,3 +653,54 @@ async fn rabbitmq_definitions_match_the_declared_topology() {
         "the worker found a queue declared differently"
     );
 }
+
+/// Issue #16, silent failures: a stuck outbox need not grow, and a broken
+/// event publisher must not leave its gauge stale. With the e-mail dispatcher
+/// and the event publisher off, an e-mail and the sync events wait: the
+/// gauges (refreshed from the database every 15 s by every replica) show them
+/// and the age of the oldest, and the daily job's last success is exported.
+#[tokio::test(flavor = "multi_thread")]
+async fn stuck_outboxes_show_their_depth_and_age_and_the_daily_job_its_last_success() {
+    let env = TestEnv::start_with(&[("MAIL_DISPATCH", "false"), ("EVENTS_PUBLISH", "false")]).await;
+    env.link(parnassys_link("12AB", "env-ops")).await;
+    env.add_user(
+        "12AB",
+        "Koppelbeheerder",
+        "beheer@school.example",
+        "link_admin",
+        false,
+    )
+    .await;
+    env.publish(&[change(
+        "12AB",
+        parnassys("env-ops"),
+        1,
+        json!({"type": "guardian.upserted", "las_key": "G1", "first_name": "Ouder", "phone": "0301112233"}),
+    )])
+    .await;
+    env.wait_handled(2).await;
+    env.publish(&[json!({"schema": "portal.parent_edit.v1", "message_id": uuid::Uuid::new_v4(), "brin": "12AB",
+        "guardian_las_key": "G1", "edited_at": "2026-11-22T10:00:00Z", "changes": [{"field": "phone", "proposed": "0309998877"}]})])
+    .await;
+    env.wait_handled(3).await;
+    let body = wait_metrics(
+        &env,
+        "aging outboxes and the daily job's success",
+        Duration::from_secs(60),
+        |b| {
+            metric_sample(b, "las_email_outbox_oldest_seconds").is_some_and(|v| v >= 1.0)
+                && metric_sample(b, "las_event_outbox_oldest_seconds").is_some_and(|v| v >= 1.0)
+                && metric_sample(b, "las_event_outbox_depth").is_some_and(|v| v >= 1.0)
+                && metric_sample(b, "las_daily_job_last_success_timestamp_seconds")
+                    .is_some_and(|v| v > 0.0)
+        },
+    )
+    .await;
+    assert_eq!(metric_sample(&body, "las_email_outbox_depth"), Some(1.0));
+    let last = metric_sample(&body, "las_daily_job_last_success_timestamp_seconds").unwrap();
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        (now - last).abs() < 600.0,
+        "the daily job ran at start: {last} vs {now}"
+    );
+}

@@ -250,12 +250,15 @@ fn child_edit(brin: &str, guardian: &str, student: &str, changes: Value) -> Valu
     e
 }
 
-fn suggestion_ids(list: &str) -> Vec<i64> {
+/// The suggestions' references: the parent edits' message ids (the portal's
+/// own ids for the edits), used in the link into the portal.
+fn suggestion_ids(list: &str) -> Vec<String> {
     list.lines()
         .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_i64()
+            serde_json::from_str::<Value>(l).unwrap()["message_id"]
+                .as_str()
                 .unwrap()
+                .to_owned()
         })
         .collect()
 }

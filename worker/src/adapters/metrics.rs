@@ -68,6 +68,12 @@ pub struct Metrics {
     pub events_published: prometheus::IntCounter,
     /// Sync events waiting in the outbox.
     pub event_outbox_depth: IntGauge,
+    /// Seconds since the oldest e-mail still waiting was queued (0: none waits).
+    pub email_outbox_oldest: IntGauge,
+    /// Seconds since the oldest unpublished sync event was written (0: none).
+    pub event_outbox_oldest: IntGauge,
+    /// Unix time of the daily job's last success on any replica.
+    pub daily_job_last_success: IntGauge,
     /// Build info.
     pub build_info: IntGauge,
 }
@@ -291,6 +297,26 @@ impl Metrics {
         registry
             .register(Box::new(events_published.clone()))
             .unwrap_or_else(|e| panic!("metric las_events_published_total: {e}"));
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            g
+        };
+        let email_outbox_oldest = gauge(
+            "las_email_outbox_oldest_seconds",
+            "Age in seconds of the oldest e-mail still waiting in the outbox (0 when none waits).",
+        );
+        let event_outbox_oldest = gauge(
+            "las_event_outbox_oldest_seconds",
+            "Age in seconds of the oldest sync event not yet published (0 when none waits).",
+        );
+        let daily_job_last_success = gauge(
+            "las_daily_job_last_success_timestamp_seconds",
+            "Unix time of the daily job's last successful run on any replica (0 before the first).",
+        );
         let event_outbox_depth = IntGauge::with_opts(Opts::new(
             "las_event_outbox_depth",
             "Sync events waiting in the outbox.",
@@ -337,6 +363,9 @@ impl Metrics {
             dead_letters_expiring,
             events_published,
             event_outbox_depth,
+            email_outbox_oldest,
+            event_outbox_oldest,
+            daily_job_last_success,
             build_info,
         }
     }

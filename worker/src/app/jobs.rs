@@ -92,6 +92,22 @@ pub async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch:
         if let Ok(n) = store.coupling_waits().await {
             metrics.coupling_waits.set(n);
         }
+        // Issue #16: outboxes are watched by the age of their oldest item (a
+        // stuck outbox need not grow), the event outbox here too so a broken
+        // publisher cannot leave its gauge stale; and the daily job by its
+        // last success on any replica.
+        if let Ok(n) = store.email_outbox_oldest_seconds().await {
+            metrics.email_outbox_oldest.set(n);
+        }
+        if let Ok(n) = store.event_outbox_oldest_seconds().await {
+            metrics.event_outbox_oldest.set(n);
+        }
+        if let Ok(n) = store.event_outbox_depth().await {
+            metrics.event_outbox_depth.set(n);
+        }
+        if let Ok(Some(t)) = store.daily_job_last_success().await {
+            metrics.daily_job_last_success.set(t);
+        }
         // Per-school staleness survives restarts: the database knows the last sync.
         if let Ok(rows) = store.last_syncs().await {
             for (brin, at) in rows {

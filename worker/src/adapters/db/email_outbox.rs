@@ -107,6 +107,44 @@ impl Store {
     }
 
     /// E-mails waiting to be sent (pending or being sent).
+    /// Seconds since the oldest e-mail still waiting in the outbox was
+    /// queued (0 when none waits): a stuck outbox that does not grow shows
+    /// here (issue #16).
+    pub async fn email_outbox_oldest_seconds(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::int8
+             FROM email_outbox WHERE status IN ('pending', 'sending')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Seconds since the oldest unpublished sync event was written (0 when
+    /// none waits).
+    pub async fn event_outbox_oldest_seconds(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::int8
+             FROM event_outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Unpublished sync events (as `las_event_outbox_depth` counts them).
+    pub async fn event_outbox_depth(&self) -> Result<i64, StoreError> {
+        super::event_outbox::depth(&self.pool).await
+    }
+
+    /// Unix time of the daily job's last successful run, any replica's
+    /// (`daily_jobs.last_run_at`); `None` before the first.
+    pub async fn daily_job_last_success(&self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM max(last_run_at))::int8 FROM daily_jobs")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT count(*) FROM email_outbox WHERE status IN ('pending', 'sending')",

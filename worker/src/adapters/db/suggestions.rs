@@ -214,8 +214,8 @@ pub(super) async fn apply_parent_edit(
         brin: edit.brin.clone(),
         system: settings.system,
         detail: settings.suggestion_detail,
-        suggestion_id,
-        link: suggestion_link(portal_base_url, suggestion_id),
+        edit_id: edit.message_id,
+        link: suggestion_link(portal_base_url, edit.message_id),
         about_student: student.as_ref().map(|c| AboutStudent {
             name: full_name(&current),
             las_key: c.las_key.clone(),
@@ -331,6 +331,9 @@ pub(super) async fn resolve_suggestions(
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct SuggestionView {
     pub id: i64,
+    /// The parent edit's message id: the suggestion's reference in e-mails
+    /// and in the portal link.
+    pub message_id: uuid::Uuid,
     /// `None` once the guardian was uncoupled (R13).
     pub guardian_las_key: Option<String>,
     /// Set when the suggestion is about a child's data (v1.3), not the
@@ -373,7 +376,7 @@ impl Store {
         status: Option<&str>,
     ) -> Result<Vec<SuggestionView>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT s.id, p.las_key AS guardian_las_key, st.las_key AS student_las_key, s.status,
+            "SELECT s.id, s.message_id, p.las_key AS guardian_las_key, st.las_key AS student_las_key, s.status,
                     ARRAY(SELECT f.field FROM suggestion_fields f WHERE f.suggestion_id = s.id ORDER BY f.field) AS fields,
                     s.recipients,
                     (SELECT count(*) FROM email_outbox e WHERE e.suggestion_id = s.id AND e.status = 'sent') AS emails_sent,

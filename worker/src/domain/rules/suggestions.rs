@@ -181,12 +181,20 @@ a parent can only propose corrections of their own children's data (R10)"
 
 /// R10: the link into the portal for a suggestion:
 /// `{PORTAL_BASE_URL}/suggestions/{id}`; none without a base URL.
-pub fn suggestion_link(base_url: Option<&str>, suggestion_id: i64) -> Option<String> {
+pub fn suggestion_link(base_url: Option<&str>, edit_id: uuid::Uuid) -> Option<String> {
     let base = base_url.map(str::trim).filter(|b| !b.is_empty())?;
     Some(format!(
-        "{}/suggestions/{suggestion_id}",
+        "{}/suggestions/{edit_id}",
         base.trim_end_matches('/')
     ))
+}
+
+/// A short reference to a suggestion for people: the first 8 hex digits of
+/// the parent edit's message id (the portal's own id for the edit). Not a
+/// database sequence, so an e-mail's text never depends on the order in
+/// which edits arrived.
+pub fn short_ref(edit_id: uuid::Uuid) -> String {
+    edit_id.simple().to_string()[..8].to_owned()
 }
 
 /// A portal user as far as suggestions are concerned.
@@ -229,7 +237,9 @@ pub struct EmailContext {
     pub brin: String,
     pub system: LasSystem,
     pub detail: SuggestionDetail,
-    pub suggestion_id: i64,
+    /// The parent edit's message id: the suggestion's reference in the link
+    /// and the text (`short_ref`).
+    pub edit_id: uuid::Uuid,
     /// The link into the portal (`suggestion_link`).
     pub link: Option<String>,
     pub guardian_name: String,
@@ -307,8 +317,8 @@ fn where_to_look(ctx: &EmailContext) -> String {
     match &ctx.link {
         Some(link) => format!("Bekijk het voorstel in het ouderportaal: {link}"),
         None => format!(
-            "Bekijk het voorstel in het ouderportaal bij de wijzigingsvoorstellen (nr. {}).",
-            ctx.suggestion_id
+            "Bekijk het voorstel in het ouderportaal bij de wijzigingsvoorstellen (kenmerk {}).",
+            short_ref(ctx.edit_id)
         ),
     }
 }
@@ -334,12 +344,12 @@ fn render_notice(ctx: &EmailContext, recipient_name: &str) -> Rendered {
         "de eigen gegevens van een ouder/verzorger"
     };
     let subject = format!(
-        "Wijzigingsvoorstel in het ouderportaal (nr. {})",
-        ctx.suggestion_id
+        "Wijzigingsvoorstel in het ouderportaal (kenmerk {})",
+        short_ref(ctx.edit_id)
     );
     let intro = format!(
-        "In het ouderportaal wacht een wijzigingsvoorstel van een ouder/verzorger voor {whose} (nr. {}).",
-        ctx.suggestion_id
+        "In het ouderportaal wacht een wijzigingsvoorstel van een ouder/verzorger voor {whose} (kenmerk {}).",
+        short_ref(ctx.edit_id)
     );
     let privacy = "Op verzoek van de school staan er in dit bericht geen namen en geen gegevens.";
     let text = format!(
@@ -594,7 +604,7 @@ mod tests {
             brin: "12AB".into(),
             system: LasSystem::Parnassys,
             detail: SuggestionDetail::Full,
-            suggestion_id: 17,
+            edit_id: uuid::Uuid::from_u128(0x17),
             link: None,
             guardian_name: "Anna van Dijk".into(),
             guardian_las_key: "O1".into(),
@@ -761,18 +771,25 @@ mod tests {
     #[test]
     fn r10_the_link_points_at_the_suggestion_in_the_portal() {
         assert_eq!(
-            suggestion_link(Some("https://portaal.example/"), 17).as_deref(),
-            Some("https://portaal.example/suggestions/17")
+            suggestion_link(
+                Some("https://portaal.example/"),
+                uuid::Uuid::from_u128(0x17)
+            )
+            .as_deref(),
+            Some("https://portaal.example/suggestions/00000000-0000-0000-0000-000000000017")
         );
-        assert_eq!(suggestion_link(None, 17), None);
-        assert_eq!(suggestion_link(Some("  "), 17), None);
+        assert_eq!(suggestion_link(None, uuid::Uuid::from_u128(0x17)), None);
+        assert_eq!(
+            suggestion_link(Some("  "), uuid::Uuid::from_u128(0x17)),
+            None
+        );
     }
 
     #[test]
     fn r10_a_notice_email_says_only_that_a_suggestion_waits_with_a_link() {
         let mut ctx = ctx();
         ctx.detail = SuggestionDetail::Notice;
-        ctx.link = suggestion_link(Some("https://portaal.example"), 17);
+        ctx.link = suggestion_link(Some("https://portaal.example"), uuid::Uuid::from_u128(0x17));
         ctx.about_student = Some(AboutStudent {
             name: "Piet van Dijk".into(),
             las_key: "S1".into(),
@@ -802,15 +819,22 @@ mod tests {
             r.text
         );
         assert!(r.text.contains("de gegevens van een leerling"));
-        assert!(r.text.contains("https://portaal.example/suggestions/17"));
         assert!(
-            r.html
-                .contains("<a href=\"https://portaal.example/suggestions/17\">")
+            r.text.contains(
+                "https://portaal.example/suggestions/00000000-0000-0000-0000-000000000017"
+            )
         );
+        assert!(r.html.contains(
+            "<a href=\"https://portaal.example/suggestions/00000000-0000-0000-0000-000000000017\">"
+        ));
         assert!(r.text.contains("School (BRIN): 12AB"));
         // Without a portal address the number still finds it.
         ctx.link = None;
-        assert!(render(&ctx, "Juf Jansen").text.contains("(nr. 17)"));
+        assert!(
+            render(&ctx, "Juf Jansen")
+                .text
+                .contains("(kenmerk 00000000)")
+        );
     }
 
     #[test]
@@ -820,7 +844,7 @@ mod tests {
             name: "Piet van Dijk".into(),
             las_key: "S1".into(),
         });
-        ctx.link = suggestion_link(Some("https://portaal.example"), 17);
+        ctx.link = suggestion_link(Some("https://portaal.example"), uuid::Uuid::from_u128(0x17));
         let r = render(&ctx, "Juf Jansen");
         assert_eq!(
             r.subject,
@@ -840,6 +864,10 @@ mod tests {
             r.text
                 .contains("Leerlingadministratie-sleutel leerling: S1")
         );
-        assert!(r.text.contains("https://portaal.example/suggestions/17"));
+        assert!(
+            r.text.contains(
+                "https://portaal.example/suggestions/00000000-0000-0000-0000-000000000017"
+            )
+        );
     }
 }
