@@ -1417,3 +1417,56 @@ async fn r12_an_email_naming_a_child_is_purged_even_after_the_guardian_link_was_
         );
     }
 }
+
+/// RULES.md R12, issue #18: records the portal does not show are purged when
+/// removed (above) *or past the retention term*: a held child (and its
+/// guardian of only held children) the LAS left untouched for the school's
+/// term is deactivated and purged by the daily job; the LAS's next record of
+/// the child brings it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn r12_a_held_child_untouched_past_the_term_is_purged_and_returns_with_a_newer_record() {
+    let env = TestEnv::start_with(&[("DAILY_JOB", "false")]).await;
+    env.link(parnassys_link("12AB", P)).await;
+    let born = (chrono::Utc::now().date_naive() - chrono::Months::new(12)).to_string();
+    env.publish(&[
+        change("12AB", parnassys(P), 1, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Guus", "birth_date": born})),
+        change("12AB", parnassys(P), 1, json!({"type": "guardian.upserted", "las_key": "O1", "first_name": "Ouder", "email": "o@x.example", "student_keys": ["S1"]})),
+    ])
+    .await;
+    env.wait_handled(3).await;
+    assert_eq!(env.show("12AB", "student", "S1").unwrap()["status"], "held");
+    // Within the term (730 days): kept, R9 needs it when the window opens.
+    sqlx::query("UPDATE profiles SET updated_at = now() - interval '700 days'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let (code, out) = env.cli(&["tick"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        env.show("12AB", "student", "S1").unwrap()["first_name"],
+        "Guus"
+    );
+    // Past the term without a LAS record: purged.
+    sqlx::query("UPDATE profiles SET updated_at = now() - interval '740 days'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let (code, out) = env.cli(&["tick"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"purged\":2"), "{out}");
+    for (kind, key) in [("student", "S1"), ("guardian", "O1")] {
+        let p = env.show("12AB", kind, key).unwrap();
+        assert_eq!(p["status"], "deactivated", "{p}");
+        assert_eq!(p["deactivation_reason"], "held_past_term");
+        assert_eq!(p["first_name"], Value::Null, "{p}");
+    }
+    // The LAS sends the child again: it comes back (held, it is still young).
+    env.publish(&[change("12AB", parnassys(P), 2, json!({"type": "student.upserted", "las_key": "S1", "first_name": "Guus", "birth_date": born}))]).await;
+    env.wait_handled(4).await;
+    let s1 = env.show("12AB", "student", "S1").unwrap();
+    assert_eq!(
+        (s1["status"].as_str(), s1["first_name"].as_str()),
+        (Some("held"), Some("Guus")),
+        "{s1}"
+    );
+}

@@ -291,8 +291,34 @@ impl Store {
         .bind(today)
         .fetch_all(&mut **tx)
         .await?;
+        // R12 (RULES.md, issue #18): a record the portal does not show (a
+        // child held back, R9, or a guardian of only such children) that the
+        // LAS left untouched for the school's term is not kept for ever: it
+        // is deactivated (`held_past_term`) and purged. The LAS brings it back
+        // with its next record of the child (a newer version re-enrols it).
+        let expired_held: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE profiles p SET {PURGED_FIELDS}, status = 'deactivated', deactivated_at = now(),
+                    deactivation_reason = 'held_past_term', in_intake = FALSE
+             FROM schools s
+             WHERE s.id = p.school_id AND p.status = 'held'
+               AND p.updated_at < (($1::date - s.retention_days) AT TIME ZONE 'Europe/Amsterdam')
+             RETURNING p.id"
+        )))
+        .bind(today)
+        .fetch_all(&mut **tx)
+        .await?;
+        if !expired_held.is_empty() {
+            sqlx::query(
+                "DELETE FROM memberships m USING profiles p
+                 WHERE p.id = ANY($1) AND m.school_id = p.school_id AND m.member_kind = p.kind AND m.member_key = p.las_key",
+            )
+            .bind(&expired_held)
+            .execute(&mut **tx)
+            .await?;
+        }
         purge_copies(tx, &purged).await?;
-        Ok(purged.len() as u64)
+        purge_copies(tx, &expired_held).await?;
+        Ok((purged.len() + expired_held.len()) as u64)
     }
 }
 
