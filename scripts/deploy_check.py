@@ -289,7 +289,7 @@ def check_manifests(paths, base=False):
             only_keys(pr, {"apiVersion", "kind", "metadata", "spec"}, rw)
             only_keys(pr.get("spec"), {"groups"}, rw)
             alerts = {r.get("alert") for g in dig(pr, "spec", "groups", default=[]) for r in g.get("rules", [])}
-            for a in ("LasWorkerDown", "LasWorkerConsumerDown", "LasWorkerDeadLetters", "LasWorkerSyncLagHigh",
+            for a in ("LasWorkerDown", "LasWorkerAllDown", "LasWorkerConsumerDown", "LasWorkerNoConsumer", "LasWorkerDeadLetters", "LasWorkerSyncLagHigh",
                       "LasSchoolNotSynced", "LasEmailOutboxStuck", "LasEmailsGivenUp",
                       "LasEventOutboxStuck", "LasDailyJobStale", "LasSnapshotHeld"):
                 need(a in alerts, rw, f"alert {a} missing")
