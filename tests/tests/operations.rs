@@ -704,3 +704,54 @@ async fn stuck_outboxes_show_their_depth_and_age_and_the_daily_job_its_last_succ
         "the daily job ran at start: {last} vs {now}"
     );
 }
+
+/// Issue #16: the endpoints come up before the database wait, so an outage of
+/// PostgreSQL at start shows as "database not ready" with retries counted,
+/// not as a worker that does not answer (which would page as LasWorkerDown).
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_answer_while_the_database_is_not_there_yet() {
+    let env = TestEnv::start_without_worker().await;
+    let port = env.metrics_port;
+    let log = std::env::temp_dir().join(format!("las-no-db-{port}.log"));
+    // A port nothing listens on: the worker keeps retrying the database.
+    let mut child = Command::new(worker_bin())
+        .arg("run")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+        .env("AMQP_URL", env.amqp_url())
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    // The first retry comes after the pool's connect timeout (5 s), later
+    // on a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut seen = false;
+    while Instant::now() < deadline {
+        let health = http_get_port(port, "/healthz").await;
+        let ready = http_get_port(port, "/readyz").await;
+        let metrics = http_get_port(port, "/metrics").await;
+        if let (Some((200, _)), Some((503, why)), Some((200, body))) = (health, ready, metrics) {
+            assert!(why.contains("database not ready"), "{why}");
+            if metric_sample(&body, "las_transient_retries_total{component=\"database\"}")
+                .is_some_and(|v| v >= 1.0)
+            {
+                seen = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        seen,
+        "the endpoints did not answer during the database wait; log:\n{text}"
+    );
+    assert!(text.contains("database not ready; retrying"), "{text}");
+}

@@ -16,14 +16,19 @@ use crate::adapters::amqp::Health;
 use crate::adapters::db::Store;
 use crate::adapters::metrics::Metrics;
 
+/// The store, once the database answered: the endpoints are served before
+/// (issue #16: an outage at start shows as "database not ready", not as a
+/// worker that does not answer).
+pub type StoreCell = Arc<std::sync::OnceLock<Store>>;
+
 #[derive(Clone)]
 struct AppState {
     metrics: Metrics,
     health: Arc<Health>,
-    store: Store,
+    store: StoreCell,
 }
 
-pub fn router(metrics: Metrics, health: Arc<Health>, store: Store) -> Router {
+pub fn router(metrics: Metrics, health: Arc<Health>, store: StoreCell) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -51,10 +56,14 @@ async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
     if s.health.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
+    // The worker waits for the database before it starts its consumers.
+    let Some(store) = s.store.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database not ready yet\n");
+    };
     if !s.health.consumers_up() {
         return (StatusCode::SERVICE_UNAVAILABLE, "broker not connected\n");
     }
-    match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
+    match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n"),
     }

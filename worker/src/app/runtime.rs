@@ -78,6 +78,22 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = tx.send(true);
     });
 
+    // The endpoints come up first, so an outage of the database at start
+    // shows as "database not ready" (and retries in /metrics), not as a
+    // worker that does not answer (issue #16).
+    let metrics = Metrics::new();
+    metrics.init_series();
+    let health = Arc::new(Health::default());
+    let store_cell: http::StoreCell = Arc::default();
+    let router = http::router(metrics.clone(), health.clone(), store_cell.clone());
+    let listener_addr = args.metrics_addr;
+    let http_rx = rx.clone();
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = http::serve(listener_addr, router, http_rx).await {
+            error!(error = %e, addr = %listener_addr, "HTTP endpoints failed");
+        }
+    });
+
     // The database may come up after the worker: wait for it with backoff.
     let mut retry = Retry::new();
     let store = loop {
@@ -92,6 +108,7 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(store) => break store,
             Err(e) => {
                 let delay = retry.next_delay();
+                metrics.retries.with_label_values(&["database"]).inc();
                 warn!(
                     error = format!("{e:#}"),
                     retry_in_ms = delay.as_millis() as u64,
@@ -104,9 +121,7 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let metrics = Metrics::new();
-    metrics.init_series();
-    let health = Arc::new(Health::default());
+    let _ = store_cell.set(store.clone());
     let clock = args.today.map(Clock::Pinned).unwrap_or(Clock::Local);
     let pipeline = Pipeline::new(store.clone(), metrics.clone(), clock);
     let daily = args.daily_job.then(|| {
@@ -117,14 +132,6 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
             args.journal.journal_retention_days,
             rx.clone(),
         ))
-    });
-    let router = http::router(metrics.clone(), health.clone(), store.clone());
-    let listener_addr = args.metrics_addr;
-    let http_rx = rx.clone();
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = http::serve(listener_addr, router, http_rx).await {
-            error!(error = %e, addr = %listener_addr, "HTTP endpoints failed");
-        }
     });
     let settings = BusSettings {
         url: args.broker.amqp_url.expose().to_owned(),
