@@ -126,7 +126,12 @@ pub async fn session<H: BatchHandler>(
             }
             Some((deliveries, applied)) = in_flight.next(), if !in_flight.is_empty() => {
                 match applied {
-                    Some(dead) => settle_batch(&ch, &deliveries, &dead).await?,
+                    Some(dead) => {
+                        if let Err(e) = settle_batch(&ch, &deliveries, &dead).await {
+                            finish_in_flight(&mut in_flight).await;
+                            return Err(e);
+                        }
+                    }
                     None => {
                         // Interrupted by shutdown while the database was down:
                         // nothing of it (or after it) is acknowledged; the
@@ -142,8 +147,15 @@ pub async fn session<H: BatchHandler>(
             // while every batch slot is busy.
             d = consumer.next() => {
                 match d {
-                    None => return Err(BusError::ConsumerEnded),
-                    Some(d) => batch.push(d?),
+                    None => {
+                        finish_in_flight(&mut in_flight).await;
+                        return Err(BusError::ConsumerEnded);
+                    }
+                    Some(Err(e)) => {
+                        finish_in_flight(&mut in_flight).await;
+                        return Err(e.into());
+                    }
+                    Some(Ok(d)) => batch.push(d),
                 }
                 if batch.len() == 1 {
                     deadline = Some(tokio::time::Instant::now() + settings.batch_max_wait);
@@ -151,6 +163,16 @@ pub async fn session<H: BatchHandler>(
             }
         }
     }
+}
+
+/// The session ends (the channel died): the batches in flight may already
+/// have committed. They run to the end, so what they applied is counted and
+/// recorded, but nothing is acknowledged (the channel that delivered them is
+/// gone): the broker redelivers them, and the redeliveries are duplicates.
+/// Dropping them instead could cancel a batch between its commit and its
+/// accounting.
+async fn finish_in_flight<F: Future>(in_flight: &mut FuturesOrdered<F>) {
+    while in_flight.next().await.is_some() {}
 }
 
 /// Closes channel and connection at shutdown, without waiting long for a
