@@ -55,12 +55,7 @@ pub(super) async fn apply_coupling(
     };
     // A redelivered decision changes nothing (checked before the rules, so
     // a redelivery is a duplicate, not a refusal).
-    let seen: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM processed_messages WHERE message_id = $1")
-            .bind(msg.message_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    if seen.is_some() {
+    if already_applied(tx, msg.message_id).await? {
         outcomes[index] = Some(MessageOutcome::Duplicate);
         return Ok(());
     }
@@ -132,11 +127,7 @@ pub(super) async fn apply_coupling(
         )
         .await;
     }
-    sqlx::query("INSERT INTO processed_messages (message_id, school_id) VALUES ($1, $2)")
-        .bind(msg.message_id)
-        .bind(school.id)
-        .execute(&mut **tx)
-        .await?;
+    mark_applied(tx, msg.message_id, school.id).await?;
     let Some((_, stored)) = wait else {
         return Ok(());
     };
@@ -211,11 +202,7 @@ async fn uncouple(
         }
     };
     let Some(row) = row else { return Ok(()) };
-    sqlx::query("INSERT INTO processed_messages (message_id, school_id) VALUES ($1, $2)")
-        .bind(msg.message_id)
-        .bind(school.id)
-        .execute(&mut **tx)
-        .await?;
+    mark_applied(tx, msg.message_id, school.id).await?;
     let version: i64 = row.try_get("version")?;
     let group_keys: Vec<String> = match kind {
         ProfileKind::Student => row.try_get("las_group_keys")?,

@@ -85,3 +85,33 @@ pub async fn history(
     .fetch_all(pool)
     .await?)
 }
+
+/// Whether a portal decision (coupling, erasure) with this message id was
+/// applied already: a redelivery is a duplicate, checked before the rules so
+/// it is never reported as a refusal.
+pub(super) async fn already_applied(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    message_id: uuid::Uuid,
+) -> Result<bool, StoreError> {
+    let seen: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM processed_messages WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(seen.is_some())
+}
+
+/// Records a portal decision as applied (its dedupe record), in the
+/// transaction that applies it.
+pub(super) async fn mark_applied(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    message_id: uuid::Uuid,
+    school_id: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO processed_messages (message_id, school_id) VALUES ($1, $2)")
+        .bind(message_id)
+        .bind(school_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

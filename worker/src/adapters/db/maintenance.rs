@@ -516,12 +516,7 @@ pub(super) async fn apply_erasure(
             format!("no portal is linked to BRIN {} (R6)", msg.brin),
         );
     };
-    let seen: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM processed_messages WHERE message_id = $1")
-            .bind(msg.message_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    if seen.is_some() {
+    if already_applied(tx, msg.message_id).await? {
         return Ok(MessageOutcome::Duplicate);
     }
     let Some(kind) = ProfileKind::parse(msg.entity_kind.trim()) else {
@@ -551,11 +546,7 @@ pub(super) async fn apply_erasure(
             ),
         ),
         Some(_) => {
-            sqlx::query("INSERT INTO processed_messages (message_id, school_id) VALUES ($1, $2)")
-                .bind(msg.message_id)
-                .bind(school_id)
-                .execute(&mut **tx)
-                .await?;
+            mark_applied(tx, msg.message_id, school_id).await?;
             Ok(MessageOutcome::Applied {
                 decisions: vec![rules::Decision {
                     rule: rules::Rule::R12,
