@@ -249,6 +249,21 @@ async fn metrics_pass_promtool_and_match_the_readme_table() {
     )
     .await;
     wait_ready(&env, Duration::from_secs(60)).await;
+    // The queue gauges (a passive declare every 15 s) see a dead letter
+    // left in its queue, and one consumer on each of the worker's queues.
+    env.publish_raw(
+        las_contracts::LAS_CHANGES_EXCHANGE,
+        "las.12AB.guardian.upserted",
+        &[b"still not json".to_vec()],
+    )
+    .await;
+    wait_metrics(&env, "the queue gauges", Duration::from_secs(60), |b| {
+        metric_sample(b, "las_queue_messages{queue=\"dead_letter\"}") == Some(1.0)
+            && metric_sample(b, "las_queue_messages{queue=\"changes\"}") == Some(0.0)
+            && metric_sample(b, "las_queue_consumers{queue=\"changes\"}") == Some(1.0)
+            && metric_sample(b, "las_queue_consumers{queue=\"portal\"}") == Some(1.0)
+    })
+    .await;
 
     let body = metrics(&env).await;
     promtool_check_metrics(&body);
@@ -286,8 +301,17 @@ async fn metrics_pass_promtool_and_match_the_readme_table() {
         "las_batch_processing_seconds",
         "las_batch_size_messages",
         "las_sync_lag_seconds",
-        "las_school_last_sync_timestamp_seconds",
         "las_consumer_up",
+        "las_queue_messages",
+        "las_queue_consumers",
+        "las_last_commit_timestamp_seconds",
+        "las_batches_in_flight",
+        "las_db_pool_connections",
+        "las_db_pool_max_connections",
+        "las_db_pool_acquire_seconds",
+        "las_settings_info",
+        "las_schools_linked",
+        "las_schools_snapshot_overdue",
         "las_build_info",
         "las_dead_letters_total",
         "las_transient_retries_total",
@@ -306,15 +330,48 @@ async fn metrics_pass_promtool_and_match_the_readme_table() {
             "consumer {q} up after the reconnect"
         );
     }
-    let last_sync = metric_sample(
-        &body,
-        "las_school_last_sync_timestamp_seconds{brin=\"12AB\"}",
-    )
-    .unwrap();
+    // Issue #16: no series per school any more; progress, backlog and pool.
+    assert!(
+        !body.contains("brin="),
+        "no metric carries a school's BRIN as a label"
+    );
+    let last_commit = metric_sample(&body, "las_last_commit_timestamp_seconds").unwrap();
     let now = chrono::Utc::now().timestamp() as f64;
     assert!(
-        (now - 3600.0..=now + 60.0).contains(&last_sync),
-        "last sync {last_sync} is not about now ({now})"
+        (now - 3600.0..=now + 60.0).contains(&last_commit),
+        "last commit {last_commit} is not about now ({now})"
+    );
+    assert_eq!(metric_sample(&body, "las_batches_in_flight"), Some(0.0));
+    assert_eq!(metric_sample(&body, "las_schools_linked"), Some(1.0));
+    assert_eq!(
+        metric_sample(&body, "las_schools_snapshot_overdue"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_sample(&body, "las_db_pool_max_connections"),
+        Some(8.0)
+    );
+    assert!(metric_sum(&body, "las_db_pool_acquire_seconds_count", &[]) >= 1.0);
+    assert!(
+        body.lines().any(|l| l.starts_with("las_settings_info{")
+            && l.contains("batch_size=\"400\"")
+            && l.contains("prefetch=\"1000\"")
+            && l.contains("pool_size=\"8\"")
+            && l.ends_with(" 1")),
+        "las_settings_info carries the settings"
+    );
+    let revision = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(workspace_file(""))
+        .output()
+        .expect("git runs")
+        .stdout;
+    let revision = String::from_utf8_lossy(&revision).trim().to_owned();
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("las_build_info{")
+                && l.contains(&format!("revision=\"{revision}\""))),
+        "las_build_info names the git revision {revision}"
     );
     assert_eq!(
         metric_sum(
@@ -322,7 +379,7 @@ async fn metrics_pass_promtool_and_match_the_readme_table() {
             "las_dead_letters_total",
             &[("reason", "invalid_json")]
         ),
-        1.0
+        2.0
     );
     assert!(
         metric_sum(
@@ -333,8 +390,9 @@ async fn metrics_pass_promtool_and_match_the_readme_table() {
     );
     assert!(metric_sum(&body, "las_sync_lag_seconds_count", &[]) >= n as f64);
     assert!(
-        body.lines()
-            .any(|l| l.starts_with("las_build_info{version=\"") && l.ends_with(" 1")),
+        body.lines().any(|l| l.starts_with("las_build_info{")
+            && l.contains("version=\"")
+            && l.ends_with(" 1")),
         "las_build_info with a version label, value 1"
     );
 }
@@ -754,4 +812,79 @@ async fn endpoints_answer_while_the_database_is_not_there_yet() {
         "the endpoints did not answer during the database wait; log:\n{text}"
     );
     assert!(text.contains("database not ready; retrying"), "{text}");
+}
+
+/// Issue #16: freshness per school is not one series per school and replica
+/// any more, but two aggregates based on what the contract promises (a
+/// connector that sends full snapshots ends each with `snapshot.completed`):
+/// `las_schools_linked` and `las_schools_snapshot_overdue`; and the operator
+/// finds the overdue schools with `las-worker school overdue`.
+#[tokio::test(flavor = "multi_thread")]
+async fn schools_whose_full_snapshots_stopped_are_counted_and_named() {
+    let env = TestEnv::start_with(&[("SNAPSHOT_OVERDUE_HOURS", "26")]).await;
+    env.link(parnassys_link("12AB", "env-snap")).await;
+    env.link(parnassys_link("34CD", "env-none")).await;
+    env.link(parnassys_link("56EF", "env-late")).await;
+    // 12AB and 56EF send a full snapshot of one pupil; 34CD never sends one
+    // (it only sends changes: not overdue, the contract does not oblige it).
+    for (brin, env_id) in [("12AB", "env-snap"), ("56EF", "env-late")] {
+        let snap = uuid::Uuid::new_v4();
+        let mut pupil = change(
+            brin,
+            parnassys(env_id),
+            1,
+            json!({"type": "student.upserted", "las_key": "S1", "first_name": "Kind", "birth_date": "2018-01-01"}),
+        );
+        pupil["snapshot_id"] = json!(snap);
+        env.publish(&[
+            change(
+                brin,
+                parnassys(env_id),
+                1,
+                json!({"type": "snapshot.started", "snapshot_id": snap}),
+            ),
+            pupil,
+            change(
+                brin,
+                parnassys(env_id),
+                1,
+                json!({"type": "snapshot.completed", "snapshot_id": snap, "records_sent": 1}),
+            ),
+        ])
+        .await;
+    }
+    env.wait_handled(3 + 6).await;
+    // 56EF's last snapshot completed 30 hours ago.
+    sqlx::query(
+        "UPDATE snapshots SET completed_at = now() - interval '30 hours'
+         WHERE school_id = (SELECT id FROM schools WHERE brin = '56EF')",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let body = wait_metrics(
+        &env,
+        "one school overdue of three linked",
+        Duration::from_secs(60),
+        |b| {
+            metric_sample(b, "las_schools_linked") == Some(3.0)
+                && metric_sample(b, "las_schools_snapshot_overdue") == Some(1.0)
+        },
+    )
+    .await;
+    assert!(!body.contains("brin="), "no series per school");
+    let (code, out) = env.cli(&["school", "overdue", "--hours", "26"]);
+    assert_eq!(code, 0, "{out}");
+    let rows: Vec<Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["brin"], "56EF");
+    assert!(rows[0]["last_snapshot_completed_at"].is_string());
+    // With a longer term nobody is overdue.
+    let (code, out) = env.cli(&["school", "overdue", "--hours", "48"]);
+    assert_eq!(code, 0);
+    assert!(!out.lines().any(|l| l.starts_with('{')), "{out}");
 }

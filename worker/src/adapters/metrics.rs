@@ -2,8 +2,11 @@
 //!
 //! Naming follows Prometheus conventions: `las_` prefix, base units
 //! (`_seconds`, `_bytes`), `_total` for counters. Labels are bounded sets
-//! (message types, outcomes, rule ids, reasons, profile kinds); BRIN appears
-//! only on the per-school last-sync gauge. No label ever carries personal data.
+//! (message types, outcomes, rule ids, reasons, profile kinds, queue roles).
+//! No label carries a school or a person: per-school state is exported as
+//! aggregates (`las_schools_snapshot_overdue`), so the series count does not
+//! grow with the number of schools (issue #16). No label ever carries
+//! personal data.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -31,8 +34,28 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Broker (re)connections by queue.
     pub connections: IntCounterVec,
-    /// Last successful sync per school (unix seconds).
-    pub last_sync: IntGaugeVec,
+    /// Unix time of this replica's last committed batch.
+    pub last_commit: IntGauge,
+    /// Batches being applied right now (transactions in flight).
+    pub batches_in_flight: IntGauge,
+    /// Ready messages in the worker's queues, by role (changes, portal,
+    /// dead_letter), read with a passive declare.
+    pub queue_messages: IntGaugeVec,
+    /// Consumers of the worker's queues, by role.
+    pub queue_consumers: IntGaugeVec,
+    /// Database pool connections by state (in_use, idle).
+    pub db_pool_connections: IntGaugeVec,
+    /// The pool's maximum size (DB_MAX_CONNECTIONS).
+    pub db_pool_max: IntGauge,
+    /// Time a batch waited for a pooled connection and its `BEGIN`.
+    pub db_pool_acquire_seconds: prometheus::Histogram,
+    /// Linked schools.
+    pub schools_linked: IntGauge,
+    /// Schools that sent a full snapshot before but none completed within
+    /// SNAPSHOT_OVERDUE_HOURS.
+    pub schools_snapshot_overdue: IntGauge,
+    /// The non-secret settings this replica runs with, as labels; always 1.
+    pub settings_info: IntGaugeVec,
     /// 1 while a consumer is connected and consuming.
     pub consumer_up: IntGaugeVec,
     /// Intake events (R9): placed, promoted, held back, stays.
@@ -182,12 +205,44 @@ impl Metrics {
             "Broker connections opened, by queue; more than one means reconnects.",
             &["queue"],
         );
-        let last_sync = gauge_vec(
+        let queue_messages = gauge_vec(
             &registry,
-            "las_school_last_sync_timestamp_seconds",
-            "Unix time of the last applied LAS change, per school BRIN.",
-            &["brin"],
+            "las_queue_messages",
+            "Ready messages in the worker's queues by role (changes, portal, dead_letter); \
+             unacknowledged deliveries are not included.",
+            &["queue"],
         );
+        let queue_consumers = gauge_vec(
+            &registry,
+            "las_queue_consumers",
+            "Consumers of the worker's queues by role (changes, portal, dead_letter).",
+            &["queue"],
+        );
+        let db_pool_connections = gauge_vec(
+            &registry,
+            "las_db_pool_connections",
+            "Database pool connections by state (in_use, idle).",
+            &["state"],
+        );
+        let settings_info = gauge_vec(
+            &registry,
+            "las_settings_info",
+            "The non-secret settings this replica runs with, as labels; always 1.",
+            &["prefetch", "batch_size", "concurrency", "pool_size"],
+        );
+        let db_pool_acquire_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "las_db_pool_acquire_seconds",
+                "Time a batch waited for a pooled database connection and its BEGIN.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("metric las_db_pool_acquire_seconds: {e}"));
+        registry
+            .register(Box::new(db_pool_acquire_seconds.clone()))
+            .unwrap_or_else(|e| panic!("metric las_db_pool_acquire_seconds: {e}"));
         let consumer_up = gauge_vec(
             &registry,
             "las_consumer_up",
@@ -325,9 +380,27 @@ impl Metrics {
         registry
             .register(Box::new(event_outbox_depth.clone()))
             .unwrap_or_else(|e| panic!("metric las_event_outbox_depth: {e}"));
+        let last_commit = gauge(
+            "las_last_commit_timestamp_seconds",
+            "Unix time of this replica's last committed batch (0 before the first).",
+        );
+        let batches_in_flight = gauge(
+            "las_batches_in_flight",
+            "Batches being applied right now (database transactions in flight).",
+        );
+        let db_pool_max = gauge(
+            "las_db_pool_max_connections",
+            "The database pool's maximum size (DB_MAX_CONNECTIONS).",
+        );
+        let schools_linked = gauge("las_schools_linked", "Schools linked to their LAS.");
+        let schools_snapshot_overdue = gauge(
+            "las_schools_snapshot_overdue",
+            "Schools that sent a full snapshot before but completed none within SNAPSHOT_OVERDUE_HOURS.",
+        );
         let build_info = IntGauge::with_opts(
             Opts::new("las_build_info", "Build information; always 1.")
-                .const_label("version", env!("CARGO_PKG_VERSION")),
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+                .const_label("revision", env!("LAS_GIT_REVISION")),
         )
         .unwrap_or_else(|e| panic!("metric las_build_info: {e}"));
         build_info.set(1);
@@ -345,7 +418,16 @@ impl Metrics {
             lag_seconds,
             retries,
             connections,
-            last_sync,
+            last_commit,
+            batches_in_flight,
+            queue_messages,
+            queue_consumers,
+            db_pool_connections,
+            db_pool_max,
+            db_pool_acquire_seconds,
+            schools_linked,
+            schools_snapshot_overdue,
+            settings_info,
             consumer_up,
             intake,
             daily_runs,
@@ -398,12 +480,32 @@ impl Metrics {
         for a in ["items_unlinked", "records_deleted"] {
             self.rollover.with_label_values(&[a]);
         }
+        for q in ["changes", "portal", "dead_letter"] {
+            self.queue_messages.with_label_values(&[q]);
+            self.queue_consumers.with_label_values(&[q]);
+        }
+        for st in ["in_use", "idle"] {
+            self.db_pool_connections.with_label_values(&[st]);
+        }
         for o in ["applied", "held"] {
             self.snapshots.with_label_values(&[o]);
         }
         for e in ["opened", "resolved", "no_recipients"] {
             self.suggestions.with_label_values(&[e]);
         }
+    }
+
+    /// Publishes the non-secret settings as `las_settings_info`.
+    pub fn set_settings(&self, prefetch: u16, batch_size: usize, concurrency: usize, pool: u32) {
+        self.settings_info
+            .with_label_values(&[
+                &prefetch.to_string(),
+                &batch_size.to_string(),
+                &concurrency.to_string(),
+                &pool.to_string(),
+            ])
+            .set(1);
+        self.db_pool_max.set(i64::from(pool));
     }
 
     /// Counts a rule decision, and R9 decisions as intake events too.

@@ -81,7 +81,12 @@ pub async fn keep_statistics(store: Store, every: Duration, mut shutdown: watch:
 /// Gauges that describe the database rather than this process: held
 /// snapshots, the e-mail outbox and the LAS records waiting to be coupled,
 /// refreshed every 15 s.
-pub async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+pub async fn refresh_gauges(
+    store: Store,
+    metrics: Metrics,
+    snapshot_overdue_hours: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         if let Ok(n) = store.held_snapshots().await {
             metrics.snapshots_held.set(n);
@@ -108,16 +113,56 @@ pub async fn refresh_gauges(store: Store, metrics: Metrics, mut shutdown: watch:
         if let Ok(Some(t)) = store.daily_job_last_success().await {
             metrics.daily_job_last_success.set(t);
         }
-        // Per-school staleness survives restarts: the database knows the last sync.
-        if let Ok(rows) = store.last_syncs().await {
-            for (brin, at) in rows {
-                let g = metrics.last_sync.with_label_values(&[&brin]);
-                g.set(g.get().max(at));
-            }
+        // Freshness per school as two aggregates, not one series per school
+        // and replica (#16); `school overdue` names the schools.
+        if let Ok((linked, overdue)) = store.snapshot_freshness(snapshot_overdue_hours).await {
+            metrics.schools_linked.set(linked);
+            metrics.schools_snapshot_overdue.set(overdue);
         }
+        let (in_use, idle) = store.pool_usage();
+        metrics
+            .db_pool_connections
+            .with_label_values(&["in_use"])
+            .set(in_use);
+        metrics
+            .db_pool_connections
+            .with_label_values(&["idle"])
+            .set(idle);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(15)) => {}
             _ = shutdown.wait_for(|v| *v) => return,
+        }
+    }
+}
+
+/// The depth and consumers of the worker's queues, the dead-letter queue
+/// included, every 15 s (#16). The broker is not always there: a failed
+/// round leaves the gauges as they were and tries again.
+pub async fn watch_queues(url: String, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+    let mut watcher = crate::adapters::amqp::queue_stats::QueueWatcher::default();
+    loop {
+        match watcher.read(&url).await {
+            Ok(stats) => {
+                for q in stats {
+                    metrics
+                        .queue_messages
+                        .with_label_values(&[q.role])
+                        .set(i64::from(q.messages));
+                    metrics
+                        .queue_consumers
+                        .with_label_values(&[q.role])
+                        .set(i64::from(q.consumers));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "queue stats not read this round"),
+        }
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(15)) => false,
+            _ = shutdown.wait_for(|v| *v) => true,
+        };
+        if stop {
+            watcher.close().await;
+            return;
         }
     }
 }

@@ -19,7 +19,9 @@ use crate::adapters::metrics::Metrics;
 use crate::app::clock::Clock;
 use crate::app::consumers::run_consumer;
 use crate::app::event_relay::EventPublisher;
-use crate::app::jobs::{daily_job, keep_statistics, refresh_gauges, sweep_dead_letters};
+use crate::app::jobs::{
+    daily_job, keep_statistics, refresh_gauges, sweep_dead_letters, watch_queues,
+};
 use crate::app::mail_relay::{DispatchSettings, Dispatcher};
 use crate::app::pipeline::Pipeline;
 use crate::app::retry::Retry;
@@ -83,6 +85,12 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     // worker that does not answer (issue #16).
     let metrics = Metrics::new();
     metrics.init_series();
+    metrics.set_settings(
+        args.prefetch,
+        args.batch_size,
+        args.batch_concurrency,
+        args.db_max_connections,
+    );
     let health = Arc::new(Health::default());
     let store_cell: http::StoreCell = Arc::default();
     let router = http::router(metrics.clone(), health.clone(), store_cell.clone());
@@ -100,7 +108,8 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
         let attempt = async {
             let store = open_store(db, args.db_max_connections, true)
                 .await?
-                .with_portal_base_url(args.mail.portal_base_url.clone());
+                .with_portal_base_url(args.mail.portal_base_url.clone())
+                .with_acquire_histogram(metrics.db_pool_acquire_seconds.clone());
             store.migrate().await?;
             anyhow::Ok(store)
         };
@@ -204,7 +213,17 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
                 rx.clone(),
             ))
         });
-    let gauges = tokio::spawn(refresh_gauges(store.clone(), metrics.clone(), rx.clone()));
+    let gauges = tokio::spawn(refresh_gauges(
+        store.clone(),
+        metrics.clone(),
+        args.snapshot_overdue_hours,
+        rx.clone(),
+    ));
+    let queues = tokio::spawn(watch_queues(
+        args.broker.amqp_url.expose().to_owned(),
+        metrics.clone(),
+        rx.clone(),
+    ));
     let analyze = (args.db_analyze_interval_ms > 0).then(|| {
         tokio::spawn(keep_statistics(
             store.clone(),
@@ -230,35 +249,46 @@ pub async fn run(db: &SecretUrl, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut sd = rx.clone();
     let _ = sd.wait_for(|v| *v).await;
     health.draining.store(true, Ordering::SeqCst);
-    info!("shutdown requested: finishing the batch in flight");
-    let drained = tokio::time::timeout(Duration::from_secs(25), async {
-        let _ = changes.await;
-        let _ = portal.await;
-    })
-    .await;
-    if drained.is_err() {
-        warn!("consumers did not stop within 25 s; unacknowledged messages will be redelivered");
+    // One deadline for all of shutdown (#16): the consumers finish the
+    // batches in flight while the relays finish their round, side by side,
+    // and whatever is left when it passes is given up (unacknowledged
+    // messages are redelivered, unsent mail and events stay in the outboxes).
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(args.shutdown_timeout_ms);
+    info!(
+        timeout_ms = args.shutdown_timeout_ms,
+        "shutdown requested: finishing the batches in flight"
+    );
+    for task in [
+        daily,
+        Some(gauges),
+        Some(queues),
+        dead_letter_sweep,
+        analyze,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        task.abort();
     }
-    if let Some(d) = daily {
-        d.abort();
-    }
-    gauges.abort();
-    if let Some(s) = dead_letter_sweep {
-        s.abort();
-    }
-    if let Some(a) = analyze {
-        a.abort();
-    }
-    if let Some(e) = events {
-        let _ = tokio::time::timeout(Duration::from_secs(10), e).await;
-    }
-    if let Some(m) = mail {
-        // Finish the send in flight; what is left stays in the outbox.
-        let _ = tokio::time::timeout(Duration::from_secs(15), m).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    let finish = |task: Option<tokio::task::JoinHandle<()>>, what: &'static str| async move {
+        if let Some(t) = task
+            && tokio::time::timeout_at(deadline, t).await.is_err()
+        {
+            warn!(
+                task = what,
+                "did not stop before the shutdown deadline; what it held is redone by another replica"
+            );
+        }
+    };
+    tokio::join!(
+        finish(Some(changes), "changes consumer"),
+        finish(Some(portal), "portal consumer"),
+        finish(events, "event publisher"),
+        finish(mail, "mail dispatcher"),
+    );
+    let _ = tokio::time::timeout_at(deadline, http_task).await;
     signal.abort();
-    store.pool().close().await;
+    let _ = tokio::time::timeout_at(deadline, store.pool().close()).await;
     info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

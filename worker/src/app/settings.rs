@@ -208,6 +208,16 @@ pub struct RunArgs {
     /// `ANALYZE` them (autovacuum's threshold); 0 turns it off.
     #[arg(long, env = "DB_ANALYZE_INTERVAL_MS", default_value_t = 5000)]
     pub db_analyze_interval_ms: u64,
+    /// A school that sent full snapshots before counts as overdue
+    /// (`las_schools_snapshot_overdue`, `school overdue`) when none completed
+    /// within this many hours.
+    #[arg(long, env = "SNAPSHOT_OVERDUE_HOURS", default_value_t = 26)]
+    pub snapshot_overdue_hours: u32,
+    /// All of shutdown (the batches in flight, the relays' last round, the
+    /// pool) shares this one deadline; keep it below the pod's
+    /// terminationGracePeriodSeconds (30 s) so SIGKILL never comes first.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
+    pub shutdown_timeout_ms: u64,
 }
 
 impl RunArgs {
@@ -230,6 +240,12 @@ impl RunArgs {
         }
         if self.broker.delivery_limit < 1 {
             return Err("DELIVERY_LIMIT must be at least 1".into());
+        }
+        if self.snapshot_overdue_hours == 0 {
+            return Err("SNAPSHOT_OVERDUE_HOURS must be at least 1".into());
+        }
+        if !(1_000..=600_000).contains(&self.shutdown_timeout_ms) {
+            return Err("SHUTDOWN_TIMEOUT_MS must be between 1000 and 600000".into());
         }
         if self.db_max_connections == 0 {
             return Err("DB_MAX_CONNECTIONS must be at least 1".into());

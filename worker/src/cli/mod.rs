@@ -240,6 +240,14 @@ pub enum SchoolCommand {
         #[arg(long)]
         brin: String,
     },
+    /// Schools that sent full snapshots before but completed none within the
+    /// last HOURS hours (the `LasSchoolsSnapshotOverdue` alert), oldest
+    /// first. JSON lines: brin, last_snapshot_completed_at, last_sync_at.
+    #[command(after_help = "Example:\n  las-worker school overdue --hours 26")]
+    Overdue {
+        #[arg(long, env = "SNAPSHOT_OVERDUE_HOURS", default_value_t = 26)]
+        hours: u32,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]

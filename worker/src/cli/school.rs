@@ -115,6 +115,18 @@ pub async fn run(db: &SecretUrl, cmd: SchoolCommand) -> anyhow::Result<ExitCode>
             let store = open_store(db, 1, false).await?;
             show(&store, &brin).await
         }
+        SchoolCommand::Overdue { hours } => {
+            let store = open_store(db, 1, false).await?;
+            let overdue = store.snapshots_overdue(hours).await?;
+            for school in &overdue {
+                println!("{}", serde_json::to_string(school)?);
+            }
+            eprintln!(
+                "{} school(s) without a full snapshot in {hours} h",
+                overdue.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

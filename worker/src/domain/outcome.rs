@@ -44,8 +44,6 @@ impl MessageOutcome {
 pub struct BatchEffects {
     /// (kind, change) -> count, change in created/updated/deactivated/reactivated.
     pub profiles: BTreeMap<(&'static str, &'static str), u64>,
-    /// BRINs whose data changed, for the last-sync gauge.
-    pub schools_synced: Vec<String>,
     /// R10: suggestions opened, without recipients, and e-mails queued.
     pub suggestions_opened: u64,
     pub suggestions_without_recipients: u64,

@@ -200,6 +200,7 @@ async fn run_batch<H: BatchHandler>(
     shutdown: &watch::Receiver<bool>,
 ) -> (Vec<Delivery>, Option<DeadLetters>) {
     let started = Instant::now();
+    let _in_flight = InFlight::enter(&metrics.batches_in_flight);
     let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
     let applied = handler
         .process(&bodies, shutdown)
@@ -224,6 +225,23 @@ async fn run_batch<H: BatchHandler>(
         .with_label_values(&[kind.label()])
         .observe(started.elapsed().as_secs_f64());
     (deliveries, applied)
+}
+
+/// Counts a batch in `las_batches_in_flight` while it lives, also when
+/// its future is dropped at shutdown.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(g: &prometheus::IntGauge) -> Self {
+        g.inc();
+        InFlight(g.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Settles an applied batch on the channel that delivered it, in one AMQP

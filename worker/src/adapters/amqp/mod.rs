@@ -23,6 +23,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod event_tap;
 pub mod publish;
+pub mod queue_stats;
 pub mod topology;
 
 pub use consumer::{BatchHandler, session};

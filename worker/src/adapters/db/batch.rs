@@ -26,7 +26,7 @@ impl Store {
         msgs: &[Inbound],
         today: NaiveDate,
     ) -> Result<(Vec<MessageOutcome>, BatchEffects), StoreError> {
-        let tx = self.pool.begin().await?;
+        let tx = self.begin_timed().await?;
         let (tx, outcomes, effects) = self.apply_batch_in(tx, msgs, today).await?;
         tx.commit().await?;
         Ok((outcomes, effects))
@@ -233,10 +233,6 @@ impl Store {
                 .bind(&synced)
                 .execute(&mut *tx)
                 .await?;
-            effects.schools_synced = synced
-                .iter()
-                .filter_map(|id| by_id.get(id).map(|s| s.brin.clone()))
-                .collect();
         }
 
         let outcomes = outcomes

@@ -35,7 +35,7 @@ pub use maintenance::{AnalyzeMarks, DailyReport, Erased};
 pub use schools::SchoolView;
 pub use snapshots::SnapshotView;
 pub use suggestions::SuggestionView;
-pub use views::{GroupRef, Leftover, LinkRef, ProfileView};
+pub use views::{GroupRef, Leftover, LinkRef, OverdueSchool, ProfileView};
 
 // The table groups share their helpers (row mappers, column lists, the
 // profile slots of a batch) through this module.
@@ -52,6 +52,9 @@ pub struct Store {
     /// The portal's address (`PORTAL_BASE_URL`) for the link in suggestion
     /// e-mails (R10); without it the e-mail names the suggestion number only.
     portal_base_url: Option<String>,
+    /// Observes how long a batch waited for its connection and `BEGIN`
+    /// (`las_db_pool_acquire_seconds`); none in the operator tools.
+    acquire_seconds: Option<prometheus::Histogram>,
 }
 
 impl Store {
@@ -66,6 +69,7 @@ impl Store {
         Ok(Store {
             pool,
             portal_base_url: None,
+            acquire_seconds: None,
         })
     }
 
@@ -73,6 +77,31 @@ impl Store {
     pub fn with_portal_base_url(mut self, url: Option<String>) -> Self {
         self.portal_base_url = url.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
         self
+    }
+
+    /// Times every batch's wait for a pooled connection into `h`.
+    pub fn with_acquire_histogram(mut self, h: prometheus::Histogram) -> Self {
+        self.acquire_seconds = Some(h);
+        self
+    }
+
+    /// Starts a batch's transaction, timing the wait for the connection.
+    pub(crate) async fn begin_timed(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let tx = self.pool.begin().await;
+        if let Some(h) = &self.acquire_seconds {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        tx
+    }
+
+    /// Connections of the pool in use and idle, for the pool gauges.
+    pub fn pool_usage(&self) -> (i64, i64) {
+        let size = i64::from(self.pool.size());
+        let idle = self.pool.num_idle() as i64;
+        ((size - idle).max(0), idle)
     }
 
     /// Creates the database of `url` when it does not exist yet; returns
@@ -90,6 +119,7 @@ impl Store {
         Store {
             pool,
             portal_base_url: None,
+            acquire_seconds: None,
         }
     }
 

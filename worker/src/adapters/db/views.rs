@@ -187,14 +187,43 @@ impl Store {
 }
 
 impl Store {
-    /// Last sync per school as unix seconds (the staleness gauge after a restart).
-    pub async fn last_syncs(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    /// Linked schools, and those of them overdue: they completed a full
+    /// snapshot before (the contract's `snapshot.completed`), but none in
+    /// the last `hours` hours. Aggregates, not one series per school (#16).
+    pub async fn snapshot_freshness(&self, hours: u32) -> Result<(i64, i64), StoreError> {
         Ok(sqlx::query_as(
-            "SELECT brin, extract(epoch FROM last_sync_at)::int8 FROM schools WHERE last_sync_at IS NOT NULL",
+            "SELECT count(*), count(*) FILTER (WHERE last_done < now() - make_interval(hours => $1))
+             FROM (SELECT s.id, max(sn.completed_at) AS last_done
+                   FROM schools s LEFT JOIN snapshots sn ON sn.school_id = s.id
+                   GROUP BY s.id) x",
         )
+        .bind(hours as i32)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The overdue schools themselves (`school overdue`): BRIN and the time
+    /// their last full snapshot completed, oldest first.
+    pub async fn snapshots_overdue(&self, hours: u32) -> Result<Vec<OverdueSchool>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.brin, max(sn.completed_at) AS last_snapshot_completed_at, s.last_sync_at
+             FROM schools s JOIN snapshots sn ON sn.school_id = s.id
+             GROUP BY s.id
+             HAVING max(sn.completed_at) < now() - make_interval(hours => $1)
+             ORDER BY 2",
+        )
+        .bind(hours as i32)
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// A school whose full snapshots stopped arriving.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+pub struct OverdueSchool {
+    pub brin: String,
+    pub last_snapshot_completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The imported fields of these profiles (BRIN, kind, LAS key) as they are
