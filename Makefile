@@ -21,7 +21,8 @@ demo: ## End-to-end demo in its own database and vhost; sets up what it needs wh
 	bash scripts/ensure-test-tools.sh --demo
 	bash scripts/demo.sh
 
-test: ## Check services, then build and run every test (needs PostgreSQL and RabbitMQ)
+test: ## Set up services and tools where it can, then build and run every test
+	bash scripts/test-check-services.sh
 	bash scripts/check-services.sh
 	bash scripts/ensure-test-tools.sh
 	$(CARGO) build --workspace --all-targets
