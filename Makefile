@@ -16,10 +16,13 @@ build: ## Build every crate of the workspace
 run: build ## Run the worker against local RabbitMQ/PostgreSQL (env: AMQP_URL, DATABASE_URL, ...)
 	LOG_FORMAT=pretty ./target/debug/las-worker run
 
-demo: ## End-to-end demo in its own database and vhost (scripts/demo.sh)
+demo: ## End-to-end demo in its own database and vhost; sets up what it needs where it can (scripts/demo.sh)
+	bash scripts/check-services.sh
+	bash scripts/ensure-test-tools.sh --demo
 	bash scripts/demo.sh
 
-test: ## Check services, then build and run every test (needs PostgreSQL and RabbitMQ)
+test: ## Set up services and tools where it can, then build and run every test
+	bash scripts/test-check-services.sh
 	bash scripts/check-services.sh
 	bash scripts/ensure-test-tools.sh
 	$(CARGO) build --workspace --all-targets
