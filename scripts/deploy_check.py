@@ -19,6 +19,7 @@ Exits 1 with one line per problem.
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -30,8 +31,14 @@ SECRET = "las-worker-secrets"
 SECRET_KEYS = {"AMQP_URL", "DATABASE_URL"}
 CHANGES_QUEUE = "las-worker.changes"
 METRICS_PORT = 9464
-# Metrics that arrive with later issues; alerts for them are fine already.
-FUTURE_METRICS = {"las_email_outbox_depth", "las_snapshots_held"}
+# Metrics of issue #16 that the worker change adds while the alerts are
+# written (the alerts use them already). Once the worker exports one (its
+# name in worker/src or the README's table), the check says so: remove it.
+PENDING_METRICS = {
+    "las_queue_messages", "las_queue_consumers", "las_last_commit_timestamp_seconds", "las_batches_in_flight",
+    "las_db_pool_connections", "las_db_pool_max_connections", "las_db_pool_acquire_seconds",
+    "las_settings_info", "las_schools_linked", "las_schools_snapshot_overdue",
+}
 CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
@@ -87,19 +94,24 @@ def known_metrics():
 
 def metric_names_in(expr):
     """Metric names a PromQL expression uses (las_*, process_*); histogram
-    series (_bucket, _sum, _count) count as their family."""
+    series (_bucket, _sum, _count) count as their family. Recorded series
+    (level:metric:operations, with colons) are the rules' own, not the
+    worker's."""
     expr = re.sub(r'"[^"]*"', '""', expr)  # label values are not names
+    expr = re.sub(r"(?<![\w:])[a-zA-Z_][a-zA-Z0-9_]*:[a-zA-Z0-9_:]*", "", expr)
     names = set(re.findall(r"\b((?:las|process)_[a-zA-Z0-9_]+)\b", expr))
     return {re.sub(r"_(bucket|sum|count)$", "", n) if n.startswith("las_") else n for n in names}
 
 
-def check_metric_names(exprs, where, allow_future=False):
+def check_metric_names(exprs, where, allow_pending=False):
     known = known_metrics()
+    for name in sorted(PENDING_METRICS & known):
+        print(f"deploy-check: note: {name} is exported now; remove it from PENDING_METRICS in scripts/deploy_check.py")
     for expr in exprs:
         for name in metric_names_in(expr):
             if name.startswith("process_"):
                 continue
-            if name in known or (allow_future and name in FUTURE_METRICS):
+            if name in known or (allow_pending and name in PENDING_METRICS):
                 continue
             problem(where, f"metric {name} is not exported by the worker (expr: {expr.strip()[:120]})")
 
@@ -289,13 +301,23 @@ def check_manifests(paths, base=False):
             only_keys(pr, {"apiVersion", "kind", "metadata", "spec"}, rw)
             only_keys(pr.get("spec"), {"groups"}, rw)
             alerts = {r.get("alert") for g in dig(pr, "spec", "groups", default=[]) for r in g.get("rules", [])}
-            for a in ("LasWorkerDown", "LasWorkerAllDown", "LasWorkerConsumerDown", "LasWorkerNoConsumer", "LasWorkerDeadLetters", "LasWorkerSyncLagHigh",
-                      "LasSchoolNotSynced", "LasEmailOutboxStuck", "LasEmailsGivenUp",
-                      "LasEventOutboxStuck", "LasDailyJobStale", "LasSnapshotHeld"):
+            for a in ("LasWorkerDown", "LasWorkerAllDown", "LasWorkerConsumerDown", "LasWorkerNoConsumer", "LasWorkerNoProgress",
+                      "LasSyncFreshnessBudgetBurn", "LasSyncFreshnessBudgetSlowBurn",
+                      "LasWorkerDeadLetters", "LasDeadLetterQueueGrowing", "LasWorkerDatabaseRetrying",
+                      "LasWorkerDatabasePoolSaturated", "LasSnapshotOverdue", "LasEmailOutboxStuck", "LasEmailsGivenUp",
+                      "LasEventOutboxStuck", "LasDailyJobStale", "LasSnapshotHeld", "LasDeadLettersExpiring"):
                 need(a in alerts, rw, f"alert {a} missing")
+            for gone in ("LasSchoolNotSynced", "LasWorkerSyncLagHigh"):
+                need(gone not in alerts, rw, f"alert {gone} was replaced (issue #16): LasSnapshotOverdue, the freshness burn-rate alerts")
 
 
 # --- rules ------------------------------------------------------------------
+
+def repository_url():
+    """[workspace.package] repository in Cargo.toml: the runbook links' base."""
+    with open(ROOT / "Cargo.toml", "rb") as f:
+        return dig(tomllib.load(f), "workspace", "package", "repository", default="")
+
 
 def rules_file(prule, out):
     docs = load_docs(prule)
@@ -303,6 +325,8 @@ def rules_file(prule, out):
     spec = docs[0]["spec"]
     exprs = []
     docs_text = (ROOT / "docs" / "operations.md").read_text() if (ROOT / "docs" / "operations.md").exists() else ""
+    repo = repository_url()
+    need(repo.startswith("https://"), "Cargo.toml", "[workspace.package] repository (an https URL) is the base of the runbook links")
     for g in spec.get("groups", []):
         for r in g.get("rules", []):
             exprs.append(r.get("expr", ""))
@@ -310,11 +334,16 @@ def rules_file(prule, out):
                 w = f"{prule} alert {r['alert']}"
                 need(dig(r, "labels", "severity") in ("critical", "warning", "info"), w, "labels.severity must be critical, warning or info")
                 need(dig(r, "annotations", "summary"), w, "annotations.summary missing")
-                rb = dig(r, "annotations", "runbook", default="")
-                anchor = rb.split("#", 1)[1] if "#" in rb else ""
-                need(rb.startswith("docs/operations.md#") and re.search(rf"^#+ .*\b{re.escape(r['alert'])}\b", docs_text, re.M)
-                     and anchor == r["alert"].lower(), w, f"runbook {rb!r} must point at a docs/operations.md heading naming {r['alert']}")
-    check_metric_names(exprs, prule, allow_future=True)
+                # An absolute link (Alertmanager, Grafana and PagerDuty show it
+                # as is) to a heading of docs/operations.md named after the
+                # alert; GitHub's anchor for "### LasWorkerDown" is #lasworkerdown.
+                rb = dig(r, "annotations", "runbook_url", default="")
+                want = f"{repo}/blob/main/docs/operations.md#{r['alert'].lower()}"
+                need(rb == want, w, f"runbook_url {rb!r} must be {want!r}")
+                need(re.search(rf"^#+ {re.escape(r['alert'])}$", docs_text, re.M), w,
+                     f"docs/operations.md has no heading `### {r['alert']}` (its runbook)")
+                need("runbook" not in dig(r, "annotations", default={}), w, "annotation runbook: use runbook_url")
+    check_metric_names(exprs, prule, allow_pending=True)
     Path(out).write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
