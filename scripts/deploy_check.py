@@ -294,6 +294,13 @@ def check_manifests(paths, base=False):
             need(not dig(sm, "spec", "jobLabel"), mw, "jobLabel changes the job label the alerts use (las-worker)")
             need(sm["metadata"]["name"] == "las-worker" and all(s["metadata"]["name"] == "las-worker" for s in matched), mw,
                  "the alerts expect job=\"las-worker\" (the Service's name)")
+        # kube-prometheus-stack selects ServiceMonitors and PrometheusRules by
+        # the label `release: <Helm release>`; an overlay sets it on both.
+        releases = {d["kind"]: dig(d, "metadata", "labels", "release") for d in sms + by_kind.get("PrometheusRule", [])}
+        need(len(set(releases.values())) <= 1, where,
+             f"ServiceMonitor and PrometheusRule must carry the same `release` label (kube-prometheus-stack selector): {releases}")
+        if base:
+            need(not any(releases.values()), where, "the `release` label is an overlay value (the Helm release name), not the base's")
         prs = by_kind.get("PrometheusRule", [])
         need(len(prs) == 1, where, "expected one PrometheusRule")
         for pr in prs:
