@@ -29,6 +29,9 @@ PROBLEMS = []
 
 SECRET = "las-worker-secrets"
 SECRET_KEYS = {"AMQP_URL", "DATABASE_URL"}
+# KEDA's own broker URL (a monitoring-only user, deploy/rabbitmq/keda-user.json),
+# never the worker's.
+KEDA_SECRET_KEY = "KEDA_AMQP_URL"
 CHANGES_QUEUE = "las-worker.changes"
 METRICS_PORT = 9464
 # Metrics of issue #16 that the worker change adds while the alerts are
@@ -240,8 +243,9 @@ def check_manifests(paths, base=False):
                                       "configMapTargetRef", "awsSecretManager", "gcpSecretManager", "boundServiceAccountToken"}, aw)
             for ref in dig(a, "spec", "secretTargetRef", default=[]):
                 only_keys(ref, {"parameter", "name", "key"}, aw)
-                need(ref.get("name") == SECRET and ref.get("key") in SECRET_KEYS, aw,
-                     f"secretTargetRef must use secret {SECRET}, got {ref}")
+                need(ref.get("name") == SECRET and ref.get("key") == KEDA_SECRET_KEY, aw,
+                     f"secretTargetRef must use secret {SECRET}, key {KEDA_SECRET_KEY} (KEDA's monitoring-only user, "
+                     f"not the worker's credentials), got {ref}")
                 need(ref.get("parameter") in ("host", "username", "password"), aw, f"unknown rabbitmq parameter {ref.get('parameter')}")
         sos = by_kind.get("ScaledObject", [])
         need(len(sos) == 1, where, "expected one KEDA ScaledObject")
@@ -260,6 +264,16 @@ def check_manifests(paths, base=False):
             need("replicas" not in dep["spec"], ow,
                  f"Deployment sets replicas ({dep['spec'].get('replicas')}): KEDA owns the count; "
                  "every kubectl apply would scale a busy worker down to it")
+            need("cooldownPeriod" not in spec, ow,
+                 "cooldownPeriod only delays a scale to zero, which minReplicaCount >= 1 rules out: drop it")
+            fb = spec.get("fallback")
+            if need(isinstance(fb, dict), ow, "fallback (failureThreshold, replicas) required: the count KEDA keeps when it "
+                                              "cannot read the queue"):
+                only_keys(fb, {"failureThreshold", "replicas", "behavior"}, f"{ow} fallback")
+                need(isinstance(fb.get("failureThreshold"), int) and fb["failureThreshold"] >= 1, ow,
+                     "fallback.failureThreshold must be a positive integer")
+                need(isinstance(fb.get("replicas"), int) and lo <= fb["replicas"] <= hi, ow,
+                     f"fallback.replicas must lie in minReplicaCount..maxReplicaCount ({lo}..{hi})")
             for t in spec.get("triggers", []):
                 tw = f"{ow} trigger"
                 only_keys(t, {"type", "metadata", "authenticationRef", "name", "metricType", "useCachedMetrics"}, tw)
@@ -270,8 +284,9 @@ def check_manifests(paths, base=False):
                                "usernameFromEnv", "passwordFromEnv"}, f"{tw} metadata")
                 need(md.get("queueName") == CHANGES_QUEUE, tw, f"queueName must be {CHANGES_QUEUE}")
                 need(md.get("mode") == "QueueLength", tw, "mode must be QueueLength")
-                need(isinstance(md.get("value"), str) and md["value"].replace(".", "", 1).isdigit(), tw,
-                     "value must be a number in a string")
+                for k in ("value", "activationValue"):
+                    need(isinstance(md.get(k), str) and md[k].replace(".", "", 1).isdigit(), tw,
+                         f"{k} must be a number in a string")
                 need(md.get("protocol", "auto") in ("amqp", "auto", "http"), tw, "protocol must be amqp, http or auto")
                 need("host" not in md, tw, "the broker URL holds a password: use the TriggerAuthentication")
                 need(dig(t, "authenticationRef", "name") in auths, tw, "authenticationRef must name a TriggerAuthentication in the manifests")
