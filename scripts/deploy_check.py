@@ -468,10 +468,63 @@ def check_definitions():
         need(not d.get(k), w, f"{k} must not be in the file (no users or passwords)")
     cm = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "configmap.yaml").read_text())
     limit = int(dig(cm, "data", "DELIVERY_LIMIT", default="20"))
+    # Policies (docs/operations.md, "Delivery limit and dead-lettering"): the
+    # input queues' policy repeats their arguments (a queue argument wins
+    # for dead-lettering; for delivery-limit the lower of the two counts);
+    # the dead-letter queue's gives it a limit the worker's sweeps and `dlq`
+    # commands never reach (RabbitMQ 4 would default to 20 and drop), and not
+    # -1 (RabbitMQ 3.x refuses a negative delivery-limit in a policy; 4.x
+    # documents -1 as a queue argument only).
+    policy_keys = {"delivery-limit": "x-delivery-limit", "dead-letter-exchange": "x-dead-letter-exchange",
+                   "dead-letter-routing-key": "x-dead-letter-routing-key",
+                   "dead-letter-strategy": "x-dead-letter-strategy", "overflow": "x-overflow"}
+    policies = d.get("policies", [])
+    for pol in policies:
+        pw = f"{w} policy {pol.get('name')}"
+        need(pol.get("vhost") == "/" and pol.get("apply-to") in ("queues", "quorum_queues"), pw,
+             "vhost / and apply-to queues")
+        unknown = set(dig(pol, "definition", default={})) - set(policy_keys)
+        need(not unknown, pw, f"unexpected keys {sorted(unknown)}")
     for q in d.get("queues", []):
-        if "x-delivery-limit" in q.get("arguments", {}):
-            need(q["arguments"]["x-delivery-limit"] == limit, w,
-                 f"{q['name']}: x-delivery-limit {q['arguments']['x-delivery-limit']} != DELIVERY_LIMIT {limit} in the ConfigMap")
+        args = q.get("arguments", {})
+        if "x-delivery-limit" in args:
+            need(args["x-delivery-limit"] == limit, w,
+                 f"{q['name']}: x-delivery-limit {args['x-delivery-limit']} != DELIVERY_LIMIT {limit} in the ConfigMap")
+        matching = sorted((p for p in policies if re.search(p.get("pattern", "$^"), q["name"])),
+                          key=lambda p: -p.get("priority", 0))
+        if not need(matching, w, f"{q['name']}: no policy matches it"):
+            continue
+        pol = matching[0]
+        need(len(matching) == 1 or matching[1].get("priority", 0) < pol.get("priority", 0), w,
+             f"{q['name']}: policies {[p['name'] for p in matching]} tie (RabbitMQ applies one of them)")
+        defn = pol.get("definition", {})
+        if "x-dead-letter-exchange" in args:
+            for k, arg in policy_keys.items():
+                if k == "delivery-limit":
+                    need(defn.get(k) == limit, w, f"{q['name']}: policy {pol['name']} delivery-limit {defn.get(k)} != DELIVERY_LIMIT {limit}")
+                else:
+                    need(defn.get(k) == args.get(arg), w,
+                         f"{q['name']}: policy {pol['name']} {k} {defn.get(k)!r} != argument {arg} {args.get(arg)!r}")
+        else:
+            dl = defn.get("delivery-limit")
+            need(isinstance(dl, int) and dl >= 100000, w,
+                 f"{q['name']}: policy {pol['name']} needs a delivery-limit >= 100000 (not -1): "
+                 "every sweep and `dlq` command is a delivery, and RabbitMQ 4 drops a quorum queue's message after 20 by default")
+    # KEDA's monitoring-only user: no password in the file, no permission on
+    # any resource (its passive queue.declare needs none), at most the
+    # management tag (http mode).
+    kw = "deploy/rabbitmq/keda-user.json"
+    k = json.loads((ROOT / "deploy" / "rabbitmq" / "keda-user.json").read_text())
+    need(set(k) <= {"rabbitmq_version", "users", "permissions"}, kw, "only users and permissions")
+    users = {u.get("name"): u for u in k.get("users", [])}
+    need(list(users) == ["las-worker-keda"], kw, "exactly the user las-worker-keda")
+    for u in users.values():
+        need(u.get("password_hash") == "", kw, "password_hash must be empty: the password is set in the broker, never committed")
+        need(set(u.get("tags", [])) <= {"management"}, kw, f"tags {u.get('tags')}: none (amqp) or management (http) only")
+    for perm in k.get("permissions", []):
+        need(perm.get("user") in users and perm.get("vhost") == "/", kw, f"permission {perm}: user las-worker-keda, vhost /")
+        need(all(perm.get(x) == "^$" for x in ("configure", "write", "read")), kw,
+             f"permission {perm}: configure, write and read must be ^$ (nothing)")
     # The full comparison with what the worker declares is an e2e test
     # (tests/tests/operations.rs, rabbitmq_definitions_match_the_declared_topology).
 
