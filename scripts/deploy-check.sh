@@ -134,8 +134,8 @@ step "promtool check rules / test rules (PrometheusRule), PromQL of the dashboar
 "$PY" scripts/deploy_check.py rules-file deploy/k8s/base/prometheusrule.yaml "$WORK/las-worker.rules.yaml" \
     || die "the PrometheusRule failed its checks"
 promtool check rules "$WORK/las-worker.rules.yaml" || die "promtool check rules failed"
-cp deploy/prometheus/alerts.test.yaml "$WORK/"
-promtool test rules "$WORK/alerts.test.yaml" || die "promtool test rules (deploy/prometheus/alerts.test.yaml) failed"
+cp deploy/prometheus/*.test.yaml "$WORK/"
+promtool test rules "$WORK"/*.test.yaml || die "promtool test rules (deploy/prometheus/*.test.yaml) failed"
 "$PY" scripts/deploy_check.py dashboard-rules deploy/grafana/las-worker.json "$WORK/dashboard.rules.yaml"
 promtool check rules "$WORK/dashboard.rules.yaml" >/dev/null || {
     promtool check rules "$WORK/dashboard.rules.yaml" >&2 || true

@@ -19,6 +19,7 @@ Exits 1 with one line per problem.
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -28,10 +29,19 @@ PROBLEMS = []
 
 SECRET = "las-worker-secrets"
 SECRET_KEYS = {"AMQP_URL", "DATABASE_URL"}
+# KEDA's own broker URL (a monitoring-only user, deploy/rabbitmq/keda-user.json),
+# never the worker's.
+KEDA_SECRET_KEY = "KEDA_AMQP_URL"
 CHANGES_QUEUE = "las-worker.changes"
 METRICS_PORT = 9464
-# Metrics that arrive with later issues; alerts for them are fine already.
-FUTURE_METRICS = {"las_email_outbox_depth", "las_snapshots_held"}
+# Metrics of issue #16 that the worker change adds while the alerts are
+# written (the alerts use them already). Once the worker exports one (its
+# name in worker/src or the README's table), the check says so: remove it.
+PENDING_METRICS = {
+    "las_queue_messages", "las_queue_consumers", "las_last_commit_timestamp_seconds", "las_batches_in_flight",
+    "las_db_pool_connections", "las_db_pool_max_connections", "las_db_pool_acquire_seconds",
+    "las_settings_info", "las_schools_linked", "las_schools_snapshot_overdue",
+}
 CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
@@ -87,19 +97,24 @@ def known_metrics():
 
 def metric_names_in(expr):
     """Metric names a PromQL expression uses (las_*, process_*); histogram
-    series (_bucket, _sum, _count) count as their family."""
+    series (_bucket, _sum, _count) count as their family. Recorded series
+    (level:metric:operations, with colons) are the rules' own, not the
+    worker's."""
     expr = re.sub(r'"[^"]*"', '""', expr)  # label values are not names
+    expr = re.sub(r"(?<![\w:])[a-zA-Z_][a-zA-Z0-9_]*:[a-zA-Z0-9_:]*", "", expr)
     names = set(re.findall(r"\b((?:las|process)_[a-zA-Z0-9_]+)\b", expr))
     return {re.sub(r"_(bucket|sum|count)$", "", n) if n.startswith("las_") else n for n in names}
 
 
-def check_metric_names(exprs, where, allow_future=False):
+def check_metric_names(exprs, where, allow_pending=False):
     known = known_metrics()
+    for name in sorted(PENDING_METRICS & known):
+        print(f"deploy-check: note: {name} is exported now; remove it from PENDING_METRICS in scripts/deploy_check.py")
     for expr in exprs:
         for name in metric_names_in(expr):
             if name.startswith("process_"):
                 continue
-            if name in known or (allow_future and name in FUTURE_METRICS):
+            if name in known or (allow_pending and name in PENDING_METRICS):
                 continue
             problem(where, f"metric {name} is not exported by the worker (expr: {expr.strip()[:120]})")
 
@@ -228,8 +243,9 @@ def check_manifests(paths, base=False):
                                       "configMapTargetRef", "awsSecretManager", "gcpSecretManager", "boundServiceAccountToken"}, aw)
             for ref in dig(a, "spec", "secretTargetRef", default=[]):
                 only_keys(ref, {"parameter", "name", "key"}, aw)
-                need(ref.get("name") == SECRET and ref.get("key") in SECRET_KEYS, aw,
-                     f"secretTargetRef must use secret {SECRET}, got {ref}")
+                need(ref.get("name") == SECRET and ref.get("key") == KEDA_SECRET_KEY, aw,
+                     f"secretTargetRef must use secret {SECRET}, key {KEDA_SECRET_KEY} (KEDA's monitoring-only user, "
+                     f"not the worker's credentials), got {ref}")
                 need(ref.get("parameter") in ("host", "username", "password"), aw, f"unknown rabbitmq parameter {ref.get('parameter')}")
         sos = by_kind.get("ScaledObject", [])
         need(len(sos) == 1, where, "expected one KEDA ScaledObject")
@@ -248,6 +264,16 @@ def check_manifests(paths, base=False):
             need("replicas" not in dep["spec"], ow,
                  f"Deployment sets replicas ({dep['spec'].get('replicas')}): KEDA owns the count; "
                  "every kubectl apply would scale a busy worker down to it")
+            need("cooldownPeriod" not in spec, ow,
+                 "cooldownPeriod only delays a scale to zero, which minReplicaCount >= 1 rules out: drop it")
+            fb = spec.get("fallback")
+            if need(isinstance(fb, dict), ow, "fallback (failureThreshold, replicas) required: the count KEDA keeps when it "
+                                              "cannot read the queue"):
+                only_keys(fb, {"failureThreshold", "replicas", "behavior"}, f"{ow} fallback")
+                need(isinstance(fb.get("failureThreshold"), int) and fb["failureThreshold"] >= 1, ow,
+                     "fallback.failureThreshold must be a positive integer")
+                need(isinstance(fb.get("replicas"), int) and lo <= fb["replicas"] <= hi, ow,
+                     f"fallback.replicas must lie in minReplicaCount..maxReplicaCount ({lo}..{hi})")
             for t in spec.get("triggers", []):
                 tw = f"{ow} trigger"
                 only_keys(t, {"type", "metadata", "authenticationRef", "name", "metricType", "useCachedMetrics"}, tw)
@@ -258,8 +284,9 @@ def check_manifests(paths, base=False):
                                "usernameFromEnv", "passwordFromEnv"}, f"{tw} metadata")
                 need(md.get("queueName") == CHANGES_QUEUE, tw, f"queueName must be {CHANGES_QUEUE}")
                 need(md.get("mode") == "QueueLength", tw, "mode must be QueueLength")
-                need(isinstance(md.get("value"), str) and md["value"].replace(".", "", 1).isdigit(), tw,
-                     "value must be a number in a string")
+                for k in ("value", "activationValue"):
+                    need(isinstance(md.get(k), str) and md[k].replace(".", "", 1).isdigit(), tw,
+                         f"{k} must be a number in a string")
                 need(md.get("protocol", "auto") in ("amqp", "auto", "http"), tw, "protocol must be amqp, http or auto")
                 need("host" not in md, tw, "the broker URL holds a password: use the TriggerAuthentication")
                 need(dig(t, "authenticationRef", "name") in auths, tw, "authenticationRef must name a TriggerAuthentication in the manifests")
@@ -282,6 +309,13 @@ def check_manifests(paths, base=False):
             need(not dig(sm, "spec", "jobLabel"), mw, "jobLabel changes the job label the alerts use (las-worker)")
             need(sm["metadata"]["name"] == "las-worker" and all(s["metadata"]["name"] == "las-worker" for s in matched), mw,
                  "the alerts expect job=\"las-worker\" (the Service's name)")
+        # kube-prometheus-stack selects ServiceMonitors and PrometheusRules by
+        # the label `release: <Helm release>`; an overlay sets it on both.
+        releases = {d["kind"]: dig(d, "metadata", "labels", "release") for d in sms + by_kind.get("PrometheusRule", [])}
+        need(len(set(releases.values())) <= 1, where,
+             f"ServiceMonitor and PrometheusRule must carry the same `release` label (kube-prometheus-stack selector): {releases}")
+        if base:
+            need(not any(releases.values()), where, "the `release` label is an overlay value (the Helm release name), not the base's")
         prs = by_kind.get("PrometheusRule", [])
         need(len(prs) == 1, where, "expected one PrometheusRule")
         for pr in prs:
@@ -289,13 +323,23 @@ def check_manifests(paths, base=False):
             only_keys(pr, {"apiVersion", "kind", "metadata", "spec"}, rw)
             only_keys(pr.get("spec"), {"groups"}, rw)
             alerts = {r.get("alert") for g in dig(pr, "spec", "groups", default=[]) for r in g.get("rules", [])}
-            for a in ("LasWorkerDown", "LasWorkerAllDown", "LasWorkerConsumerDown", "LasWorkerNoConsumer", "LasWorkerDeadLetters", "LasWorkerSyncLagHigh",
-                      "LasSchoolNotSynced", "LasEmailOutboxStuck", "LasEmailsGivenUp",
-                      "LasEventOutboxStuck", "LasDailyJobStale", "LasSnapshotHeld"):
+            for a in ("LasWorkerDown", "LasWorkerAllDown", "LasWorkerConsumerDown", "LasWorkerNoConsumer", "LasWorkerNoProgress",
+                      "LasSyncFreshnessBudgetBurn", "LasSyncFreshnessBudgetSlowBurn",
+                      "LasWorkerDeadLetters", "LasDeadLetterQueueGrowing", "LasWorkerDatabaseRetrying",
+                      "LasWorkerDatabasePoolSaturated", "LasSnapshotOverdue", "LasEmailOutboxStuck", "LasEmailsGivenUp",
+                      "LasEventOutboxStuck", "LasDailyJobStale", "LasSnapshotHeld", "LasDeadLettersExpiring"):
                 need(a in alerts, rw, f"alert {a} missing")
+            for gone in ("LasSchoolNotSynced", "LasWorkerSyncLagHigh"):
+                need(gone not in alerts, rw, f"alert {gone} was replaced (issue #16): LasSnapshotOverdue, the freshness burn-rate alerts")
 
 
 # --- rules ------------------------------------------------------------------
+
+def repository_url():
+    """[workspace.package] repository in Cargo.toml: the runbook links' base."""
+    with open(ROOT / "Cargo.toml", "rb") as f:
+        return dig(tomllib.load(f), "workspace", "package", "repository", default="")
+
 
 def rules_file(prule, out):
     docs = load_docs(prule)
@@ -303,6 +347,8 @@ def rules_file(prule, out):
     spec = docs[0]["spec"]
     exprs = []
     docs_text = (ROOT / "docs" / "operations.md").read_text() if (ROOT / "docs" / "operations.md").exists() else ""
+    repo = repository_url()
+    need(repo.startswith("https://"), "Cargo.toml", "[workspace.package] repository (an https URL) is the base of the runbook links")
     for g in spec.get("groups", []):
         for r in g.get("rules", []):
             exprs.append(r.get("expr", ""))
@@ -310,11 +356,16 @@ def rules_file(prule, out):
                 w = f"{prule} alert {r['alert']}"
                 need(dig(r, "labels", "severity") in ("critical", "warning", "info"), w, "labels.severity must be critical, warning or info")
                 need(dig(r, "annotations", "summary"), w, "annotations.summary missing")
-                rb = dig(r, "annotations", "runbook", default="")
-                anchor = rb.split("#", 1)[1] if "#" in rb else ""
-                need(rb.startswith("docs/operations.md#") and re.search(rf"^#+ .*\b{re.escape(r['alert'])}\b", docs_text, re.M)
-                     and anchor == r["alert"].lower(), w, f"runbook {rb!r} must point at a docs/operations.md heading naming {r['alert']}")
-    check_metric_names(exprs, prule, allow_future=True)
+                # An absolute link (Alertmanager, Grafana and PagerDuty show it
+                # as is) to a heading of docs/operations.md named after the
+                # alert; GitHub's anchor for "### LasWorkerDown" is #lasworkerdown.
+                rb = dig(r, "annotations", "runbook_url", default="")
+                want = f"{repo}/blob/main/docs/operations.md#{r['alert'].lower()}"
+                need(rb == want, w, f"runbook_url {rb!r} must be {want!r}")
+                need(re.search(rf"^#+ {re.escape(r['alert'])}$", docs_text, re.M), w,
+                     f"docs/operations.md has no heading `### {r['alert']}` (its runbook)")
+                need("runbook" not in dig(r, "annotations", default={}), w, "annotation runbook: use runbook_url")
+    check_metric_names(exprs, prule, allow_pending=True)
     Path(out).write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
@@ -417,10 +468,63 @@ def check_definitions():
         need(not d.get(k), w, f"{k} must not be in the file (no users or passwords)")
     cm = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "configmap.yaml").read_text())
     limit = int(dig(cm, "data", "DELIVERY_LIMIT", default="20"))
+    # Policies (docs/operations.md, "Delivery limit and dead-lettering"): the
+    # input queues' policy repeats their arguments (a queue argument wins
+    # for dead-lettering; for delivery-limit the lower of the two counts);
+    # the dead-letter queue's gives it a limit the worker's sweeps and `dlq`
+    # commands never reach (RabbitMQ 4 would default to 20 and drop), and not
+    # -1 (RabbitMQ 3.x refuses a negative delivery-limit in a policy; 4.x
+    # documents -1 as a queue argument only).
+    policy_keys = {"delivery-limit": "x-delivery-limit", "dead-letter-exchange": "x-dead-letter-exchange",
+                   "dead-letter-routing-key": "x-dead-letter-routing-key",
+                   "dead-letter-strategy": "x-dead-letter-strategy", "overflow": "x-overflow"}
+    policies = d.get("policies", [])
+    for pol in policies:
+        pw = f"{w} policy {pol.get('name')}"
+        need(pol.get("vhost") == "/" and pol.get("apply-to") in ("queues", "quorum_queues"), pw,
+             "vhost / and apply-to queues")
+        unknown = set(dig(pol, "definition", default={})) - set(policy_keys)
+        need(not unknown, pw, f"unexpected keys {sorted(unknown)}")
     for q in d.get("queues", []):
-        if "x-delivery-limit" in q.get("arguments", {}):
-            need(q["arguments"]["x-delivery-limit"] == limit, w,
-                 f"{q['name']}: x-delivery-limit {q['arguments']['x-delivery-limit']} != DELIVERY_LIMIT {limit} in the ConfigMap")
+        args = q.get("arguments", {})
+        if "x-delivery-limit" in args:
+            need(args["x-delivery-limit"] == limit, w,
+                 f"{q['name']}: x-delivery-limit {args['x-delivery-limit']} != DELIVERY_LIMIT {limit} in the ConfigMap")
+        matching = sorted((p for p in policies if re.search(p.get("pattern", "$^"), q["name"])),
+                          key=lambda p: -p.get("priority", 0))
+        if not need(matching, w, f"{q['name']}: no policy matches it"):
+            continue
+        pol = matching[0]
+        need(len(matching) == 1 or matching[1].get("priority", 0) < pol.get("priority", 0), w,
+             f"{q['name']}: policies {[p['name'] for p in matching]} tie (RabbitMQ applies one of them)")
+        defn = pol.get("definition", {})
+        if "x-dead-letter-exchange" in args:
+            for k, arg in policy_keys.items():
+                if k == "delivery-limit":
+                    need(defn.get(k) == limit, w, f"{q['name']}: policy {pol['name']} delivery-limit {defn.get(k)} != DELIVERY_LIMIT {limit}")
+                else:
+                    need(defn.get(k) == args.get(arg), w,
+                         f"{q['name']}: policy {pol['name']} {k} {defn.get(k)!r} != argument {arg} {args.get(arg)!r}")
+        else:
+            dl = defn.get("delivery-limit")
+            need(isinstance(dl, int) and dl >= 100000, w,
+                 f"{q['name']}: policy {pol['name']} needs a delivery-limit >= 100000 (not -1): "
+                 "every sweep and `dlq` command is a delivery, and RabbitMQ 4 drops a quorum queue's message after 20 by default")
+    # KEDA's monitoring-only user: no password in the file, no permission on
+    # any resource (its passive queue.declare needs none), at most the
+    # management tag (http mode).
+    kw = "deploy/rabbitmq/keda-user.json"
+    k = json.loads((ROOT / "deploy" / "rabbitmq" / "keda-user.json").read_text())
+    need(set(k) <= {"rabbitmq_version", "users", "permissions"}, kw, "only users and permissions")
+    users = {u.get("name"): u for u in k.get("users", [])}
+    need(list(users) == ["las-worker-keda"], kw, "exactly the user las-worker-keda")
+    for u in users.values():
+        need(u.get("password_hash") == "", kw, "password_hash must be empty: the password is set in the broker, never committed")
+        need(set(u.get("tags", [])) <= {"management"}, kw, f"tags {u.get('tags')}: none (amqp) or management (http) only")
+    for perm in k.get("permissions", []):
+        need(perm.get("user") in users and perm.get("vhost") == "/", kw, f"permission {perm}: user las-worker-keda, vhost /")
+        need(all(perm.get(x) == "^$" for x in ("configure", "write", "read")), kw,
+             f"permission {perm}: configure, write and read must be ^$ (nothing)")
     # The full comparison with what the worker declares is an e2e test
     # (tests/tests/operations.rs, rabbitmq_definitions_match_the_declared_topology).
 
