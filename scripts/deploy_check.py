@@ -294,6 +294,16 @@ def check_manifests(paths, base=False):
             need(not dig(sm, "spec", "jobLabel"), mw, "jobLabel changes the job label the alerts use (las-worker)")
             need(sm["metadata"]["name"] == "las-worker" and all(s["metadata"]["name"] == "las-worker" for s in matched), mw,
                  "the alerts expect job=\"las-worker\" (the Service's name)")
+        dashboards = [m for m in by_kind.get("ConfigMap", [])
+                      if dig(m, "metadata", "labels", "grafana_dashboard") == "1"]
+        if need(len(dashboards) == 1, where, "expected one ConfigMap labelled grafana_dashboard: \"1\" (the dashboard)"):
+            cm = dashboards[0]
+            cw = f"{where} ConfigMap/{cm['metadata']['name']}"
+            need(dig(cm, "data", "las-worker.json") == (ROOT / DASHBOARD).read_text(), cw,
+                 f"data.las-worker.json must be {DASHBOARD} as committed")
+            need(not re.search(r"-[a-z0-9]{10}$", cm["metadata"]["name"]), cw,
+                 "no name hash suffix: each change would leave the old dashboard ConfigMap for the sidecar")
+
         prs = by_kind.get("PrometheusRule", [])
         need(len(prs) == 1, where, "expected one PrometheusRule")
         for pr in prs:
