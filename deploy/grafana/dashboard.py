@@ -91,8 +91,8 @@ def _number(text: str) -> float:
             return -ev(node.operand)
         raise ValueError(text)
 
-    value = ev(ast.parse(text.strip(), mode="eval"))
-    return int(value) if float(value).is_integer() else value
+    value = float(f"{ev(ast.parse(text.strip(), mode='eval')):.12g}")  # 14.4 * 0.01 is 0.144
+    return int(value) if value.is_integer() else value
 
 
 def _clauses(expr: str) -> list[str]:
@@ -125,6 +125,7 @@ class Threshold:
     value: float
     severity: str
     for_: str
+    note: str = ""
 
     @property
     def color(self) -> str:
@@ -136,9 +137,13 @@ class Threshold:
         return self.op in (">", ">=")
 
     def text(self, unit: str = "") -> str:
-        shown = f"{self.value:g}{(' ' + unit) if unit else ''}"
+        if unit == "%":
+            shown = f"{self.value * 100:g}%"
+        else:
+            shown = f"{self.value:g}{(' ' + unit) if unit else ''}"
         during = f" for {self.for_}" if self.for_ else ""
-        return f"{self.alert} ({self.severity}) fires at {self.op} {shown}{during}"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.alert} ({self.severity}) fires at {self.op} {shown}{note}{during}"
 
 
 def _unwrap(expr: str) -> str:
@@ -175,11 +180,17 @@ class Rules:
                      f"update the panel that draws it in deploy/grafana/dashboard.py")
         return self.alerts[alert]
 
-    def threshold(self, alert: str, clause: int = -1) -> Threshold:
-        """The comparison that ends the `clause`-th top-level operand of the
-        alert's expression (`... > 1800`, `... == 0`, `(... > 0.144)`)."""
+    def threshold(self, alert: str, *path: int, note: str = "") -> Threshold:
+        """The comparison that ends a part of the alert's expression: `path`
+        picks the top-level `and`/`or`/`unless` operand, and within it (after
+        its parentheses) the operand of the next level, and so on; default
+        the last operand. `... > 1800`, `(a > 14.4 * 0.01 and b > ...) or (...)`."""
         rule = self._rule(alert)
-        operand = _unwrap(_clauses(" ".join(rule["expr"].split()))[clause])
+        operand = " ".join(rule["expr"].split())
+        for i in path or (-1,):
+            operand = _clauses(_unwrap(operand))[i]
+            operand = _unwrap(re.sub(r"^(on|ignoring)\s*\([^)]*\)\s*(group_(left|right)\s*(\([^)]*\))?\s*)?",
+                                     "", operand))
         m = re.search(r"(==|>=|<=|>|<)\s*(?:bool\s+)?([0-9.\s*/+()-]+)$", operand)
         try:
             value = _number(m.group(2)) if m else None
@@ -187,21 +198,23 @@ class Rules:
             value = None
         if value is None:
             sys.exit(f"dashboard.py: no `<op> <number>` at the end of {alert}'s expression "
-                     f"(operand {clause}: {operand!r}); give the threshold with Rules.fixed")
-        return Threshold(alert, m.group(1), value, rule["labels"]["severity"], rule.get("for", ""))
+                     f"(part {path}: {operand!r}); give the threshold with Rules.fixed")
+        return Threshold(alert, m.group(1), value, rule["labels"]["severity"], rule.get("for", ""), note)
 
-    def fixed(self, alert: str, op: str, value: float) -> Threshold:
+    def fixed(self, alert: str, op: str, value: float, note: str = "") -> Threshold:
         """For an alert whose expression has no trailing comparison
         (`absent(...)`): the threshold it amounts to, stated here."""
         rule = self._rule(alert)
-        return Threshold(alert, op, value, rule["labels"]["severity"], rule.get("for", ""))
+        return Threshold(alert, op, value, rule["labels"]["severity"], rule.get("for", ""), note)
 
-    def optional(self, alert: str, clause: int = -1) -> list[Threshold]:
-        """An alert issue #16 adds to the rules: its threshold when the rules
-        have it, nothing (and a note on stderr) until then."""
+    def optional(self, alert: str, *path: int, note: str = "") -> list[Threshold]:
+        """An alert that issue #16 adds to the rules or removes from them: its
+        threshold while the rules have it, nothing (and a note on stderr)
+        otherwise."""
         if alert in self.alerts:
-            return [self.threshold(alert, clause)]
-        self.missing.append(alert)
+            return [self.threshold(alert, *path, note=note)]
+        if alert not in self.missing:
+            self.missing.append(alert)
         return []
 
 
@@ -416,11 +429,13 @@ def build(rules: Rules) -> dict:
            unit="suffix: msg/s", w=8, stack=True),
         ts("Freshness: changes later than 300 s",
            "Share of the applied LAS changes committed more than 300 s after emitted_at, over 5 m, 1 h and 6 h: "
-           f"the error ratio of the freshness SLO ({SLO_TARGET:.0%} within 300 s). Its error budget is "
-           f"{1 - SLO_TARGET:.0%}; a burn rate of 14.4 (fast) or 6 (slow) is 14.4 or 6 times that.",
+           f"the error ratio of the freshness SLO ({SLO_TARGET:.0%} within 300 s; error budget "
+           f"{1 - SLO_TARGET:.0%}). The burn-rate alerts compare it over pairs of windows.",
            [q(late_ratio("5m"), "over 5m"), q(late_ratio("1h"), "over 1h"), q(late_ratio("6h"), "over 6h")],
-           unit="percentunit", w=8,
-           thresholds=rules.optional("LasFreshnessBudgetBurnFast", 0) + rules.optional("LasFreshnessBudgetBurnSlow", 0)),
+           unit="percentunit", w=8, unit_text="%",
+           thresholds=rules.optional("LasSyncFreshnessBudgetBurn", 0, 0, note="over 1 h and 5 m")
+           + rules.optional("LasSyncFreshnessBudgetBurn", 1, 0, note="over 6 h and 30 m")
+           + rules.optional("LasSyncFreshnessBudgetSlowBurn", 0, note="over 3 d and 6 h")),
         ts("Backlog by queue", "Ready messages per queue of the worker (las_queue_messages).",
            [q(f"max by (namespace, queue) ({sel('las_queue_messages', queue='~changes|portal')})",
               "{{queue}}")], w=8),
@@ -469,7 +484,7 @@ def build(rules: Rules) -> dict:
         ts("Schools with a snapshot overdue", "Schools that sent a full snapshot before but none within "
            "SNAPSHOT_OVERDUE_HOURS (las_schools_snapshot_overdue).",
            [q(f"max by (namespace) ({sel('las_schools_snapshot_overdue')})", "overdue {{namespace}}")],
-           thresholds=rules.optional("LasSchoolSnapshotOverdue")),
+           thresholds=rules.optional("LasSnapshotOverdue")),
         ts("Schools linked", "Schools linked to the portal (las_schools_linked).",
            [q(f"max by (namespace) ({sel('las_schools_linked')})", "linked {{namespace}}")]),
         ts("Daily job: time since last success", "Time since the daily job (R9 intake, R12 retention purge, "
@@ -491,6 +506,7 @@ def build(rules: Rules) -> dict:
            thresholds=[th("LasDeadLettersExpiring")]),
     )
 
+    dlq_growth = f"max by (namespace) (delta({sel('las_queue_messages', queue='dead_letter')}[10m]))"
     layout.row(
         "Queues",
         ts("Ready messages by queue", "Ready messages in the worker's queues changes, portal and dead_letter "
@@ -511,21 +527,26 @@ def build(rules: Rules) -> dict:
            "(las_last_commit_timestamp_seconds); grows when idle, a problem with a backlog.",
            [q(f"time() - max by (namespace) ({sel('las_last_commit_timestamp_seconds')} > 0)",
               "since last commit {{namespace}}")],
-           unit="s", thresholds=rules.optional("LasWorkerBacklogStuck"), unit_text="s"),
+           unit="s", thresholds=rules.optional("LasWorkerNoProgress", 0, note="while changes wait"),
+           unit_text="s"),
         ts("Batches in flight", "Batches being applied per replica (las_batches_in_flight).",
            [q(f"sum by (instance) ({sel('las_batches_in_flight')})", "{{instance}}")]),
         ts("Dead letters by reason (10 m)", "Messages the worker dead-lettered in the last 10 minutes, by "
            "reason code (x-las-reason-code).",
            [q(f"sum by (namespace, reason) (increase({sel('las_dead_letters_total')}[10m]))", "{{reason}}")],
            thresholds=[th("LasWorkerDeadLetters", 0)], unit_text="in 10 m"),
-        ts("Dead-letter queue growth (10 m)", "Change of the ready messages in las-worker.dead-letter over 10 "
-           "minutes: the worker's rejects and what the broker dead-letters itself after the delivery limit.",
-           [q(f"max by (namespace) (delta({sel('las_queue_messages', queue='dead_letter')}[10m]))",
-              "growth {{namespace}}")],
-           min0=False, thresholds=rules.optional("LasWorkerDeadLetterQueueGrowing")),
+        ts("Dead-letter queue growth (10 m)", "Change of the messages in las-worker.dead-letter over 10 "
+           "minutes, and that change minus what the worker dead-lettered itself: roughly the messages "
+           "RabbitMQ dead-lettered after the delivery limit (x-death), which no worker counter sees.",
+           [q(dlq_growth, "growth {{namespace}}"),
+            q(f"{dlq_growth} - on (namespace) "
+              f"sum by (namespace) (increase({sel('las_dead_letters_total')}[10m]))",
+              "not from the worker {{namespace}}")],
+           min0=False, thresholds=rules.optional("LasDeadLetterQueueGrowing")),
     )
 
-    pool_in_use = sel("las_db_pool_connections", 'state="in_use"')
+    pool_in_use = sel("las_db_pool_connections", state="in_use")
+    pool_wait = sel("las_db_pool_acquire_seconds_bucket")
     layout.row(
         "Database pool",
         ts("Pool connections", "Connections of all replicas by state, and the sum of their pool sizes.",
@@ -535,11 +556,11 @@ def build(rules: Rules) -> dict:
            [q(f"max by (instance) ({pool_in_use}) / max by (instance) ({sel('las_db_pool_max_connections')})",
               "{{instance}}")], unit="percentunit"),
         ts("Wait for a connection p50 / p99", "Time a task waited for a pooled connection "
-           "(las_db_pool_acquire_seconds).",
-           [q(f"histogram_quantile(0.5, sum by (le) (rate({sel('las_db_pool_acquire_seconds_bucket')}[{RI}])))",
-              "p50"),
-            q(f"histogram_quantile(0.99, sum by (le) (rate({sel('las_db_pool_acquire_seconds_bucket')}[{RI}])))",
-              "p99")], unit="s"),
+           "(las_db_pool_acquire_seconds): p50 of all replicas, p99 per replica.",
+           [q(f"histogram_quantile(0.5, sum by (le) (rate({pool_wait}[{RI}])))", "p50"),
+            q(f"histogram_quantile(0.99, sum by (instance, le) (rate({pool_wait}[{RI}])))", "p99 {{instance}}")],
+           unit="s", unit_text="s",
+           thresholds=rules.optional("LasWorkerDatabasePoolSaturated", 0, note="p99, with the pool 90% in use")),
         ts("Database retries (5 m rate)", "Transient database failures retried per second; batches wait "
            "(nothing is dead-lettered) until PostgreSQL answers.",
            [q(f"sum by (namespace) (rate({sel('las_transient_retries_total', component='database')}[5m]))",
@@ -557,7 +578,7 @@ def build(rules: Rules) -> dict:
            "(las_sync_lag_seconds).",
            [q(f"histogram_quantile(0.5, sum by (le) (rate({lag_bucket}[{RI}])))", "p50"),
             q(f"histogram_quantile(0.99, sum by (le) (rate({lag_bucket}[{RI}])))", "p99")],
-           unit="s", w=12, thresholds=[th("LasWorkerSyncLagHigh")], unit_text="s (p99 over 10 m)"),
+           unit="s", w=12, thresholds=rules.optional("LasWorkerSyncLagHigh", note="p99 over 10 m"), unit_text="s"),
         ts("Batch size p99 and mean", "Messages per applied batch, per queue.",
            [q(f"histogram_quantile(0.99, sum by (le, queue) (rate({sel('las_batch_size_messages_bucket')}[{RI}])))",
               "p99 {{queue}}"),
@@ -613,7 +634,7 @@ def main(argv=None) -> int:
     rules = Rules(args.rules)
     dash = build(rules)
     for alert in rules.missing:
-        print(f"dashboard.py: note: alert {alert} is not in {rules.path} (yet); its threshold is not drawn",
+        print(f"dashboard.py: note: alert {alert} is not in {rules.path}; its threshold is not drawn",
               file=sys.stderr)
     text = json.dumps(dash, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
     if args.out == "-":
