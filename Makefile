@@ -47,6 +47,10 @@ bench: ## Throughput/latency/RSS benchmark, last stdout line JSON (env: BENCH_ME
 clean-demo: ## Stop a leftover demo worker, drop the demo database and vhost, remove .demo/
 	bash scripts/demo.sh --clean
 
+.PHONY: dashboard
+dashboard: ## Regenerate deploy/grafana/las-worker.json from deploy/grafana/dashboard.py (never edit the JSON)
+	bash deploy/grafana/generate.sh
+
 .PHONY: deploy-check
 deploy-check: ## Validate deploy/ (kustomize, schemas, promtool, yamllint, compose) and the AsyncAPI contract
 	bash scripts/deploy-check.sh

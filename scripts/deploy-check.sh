@@ -7,7 +7,9 @@
 #
 # Installs what is missing: Python tools into a venv under
 # target/deploy-venv (pip), promtool from Debian's `prometheus` package
-# (apt-get, as root), @asyncapi/cli through npx. Fails loudly on any problem.
+# (apt-get, as root), @asyncapi/cli through npx, the dashboard generator's
+# pinned library into target/dashboard-venv (deploy/grafana/generate.sh).
+# Fails loudly on any problem.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -75,6 +77,17 @@ while IFS= read -r -d '' f; do
     python3 -m json.tool "$f" >/dev/null || die "$f is not valid JSON"
     say "ok $f"
 done < <(find deploy -name '*.json' -print0 | sort -z)
+
+# --- Grafana dashboard --------------------------------------------------------
+step "Grafana dashboard: regenerated from deploy/grafana/dashboard.py, equal to the committed JSON"
+# The JSON is generated, never edited: regenerate it (with the alert
+# thresholds of the current PrometheusRule) and compare.
+bash deploy/grafana/generate.sh "$WORK/las-worker.generated.json" || die "deploy/grafana/dashboard.py failed"
+if ! diff -u deploy/grafana/las-worker.json "$WORK/las-worker.generated.json" >"$WORK/dashboard.diff"; then
+    head -n 80 "$WORK/dashboard.diff" >&2
+    die "deploy/grafana/las-worker.json is not what deploy/grafana/dashboard.py generates: run \`make dashboard\` and commit the JSON (never edit it by hand)"
+fi
+say "ok deploy/grafana/las-worker.json"
 
 # --- YAML lint ----------------------------------------------------------------
 step "yamllint (config .yamllint)"

@@ -34,14 +34,10 @@ SECRET_KEYS = {"AMQP_URL", "DATABASE_URL"}
 KEDA_SECRET_KEY = "KEDA_AMQP_URL"
 CHANGES_QUEUE = "las-worker.changes"
 METRICS_PORT = 9464
-# Metrics of issue #16 that the worker change adds while the alerts are
-# written (the alerts use them already). Once the worker exports one (its
-# name in worker/src or the README's table), the check says so: remove it.
-PENDING_METRICS = {
-    "las_queue_messages", "las_queue_consumers", "las_last_commit_timestamp_seconds", "las_batches_in_flight",
-    "las_db_pool_connections", "las_db_pool_max_connections", "las_db_pool_acquire_seconds",
-    "las_settings_info", "las_schools_linked", "las_schools_snapshot_overdue",
-}
+DASHBOARD = "deploy/grafana/las-worker.json"
+# kubectl apply (client side) keeps the whole ConfigMap in an annotation of at
+# most 256 KiB; stay well below.
+DASHBOARD_MAX_BYTES = 200_000
 CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
@@ -106,15 +102,13 @@ def metric_names_in(expr):
     return {re.sub(r"_(bucket|sum|count)$", "", n) if n.startswith("las_") else n for n in names}
 
 
-def check_metric_names(exprs, where, allow_pending=False):
+def check_metric_names(exprs, where):
     known = known_metrics()
-    for name in sorted(PENDING_METRICS & known):
-        print(f"deploy-check: note: {name} is exported now; remove it from PENDING_METRICS in scripts/deploy_check.py")
     for expr in exprs:
         for name in metric_names_in(expr):
             if name.startswith("process_"):
                 continue
-            if name in known or (allow_pending and name in PENDING_METRICS):
+            if name in known:
                 continue
             problem(where, f"metric {name} is not exported by the worker (expr: {expr.strip()[:120]})")
 
@@ -316,6 +310,16 @@ def check_manifests(paths, base=False):
              f"ServiceMonitor and PrometheusRule must carry the same `release` label (kube-prometheus-stack selector): {releases}")
         if base:
             need(not any(releases.values()), where, "the `release` label is an overlay value (the Helm release name), not the base's")
+        dashboards = [m for m in by_kind.get("ConfigMap", [])
+                      if dig(m, "metadata", "labels", "grafana_dashboard") == "1"]
+        if need(len(dashboards) == 1, where, "expected one ConfigMap labelled grafana_dashboard: \"1\" (the dashboard)"):
+            cm = dashboards[0]
+            cw = f"{where} ConfigMap/{cm['metadata']['name']}"
+            need(dig(cm, "data", "las-worker.json") == (ROOT / DASHBOARD).read_text(), cw,
+                 f"data.las-worker.json must be {DASHBOARD} as committed")
+            need(not re.search(r"-[a-z0-9]{10}$", cm["metadata"]["name"]), cw,
+                 "no name hash suffix: each change would leave the old dashboard ConfigMap for the sidecar")
+
         prs = by_kind.get("PrometheusRule", [])
         need(len(prs) == 1, where, "expected one PrometheusRule")
         for pr in prs:
@@ -365,7 +369,7 @@ def rules_file(prule, out):
                 need(re.search(rf"^#+ {re.escape(r['alert'])}$", docs_text, re.M), w,
                      f"docs/operations.md has no heading `### {r['alert']}` (its runbook)")
                 need("runbook" not in dig(r, "annotations", default={}), w, "annotation runbook: use runbook_url")
-    check_metric_names(exprs, prule, allow_pending=True)
+    check_metric_names(exprs, prule)
     Path(out).write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
@@ -390,15 +394,29 @@ def all_panels(dash):
 
 # --- static files -----------------------------------------------------------
 
+# The dashboard's rows, in order (deploy/grafana/dashboard.py), and the
+# panels the overview must have.
+DASHBOARD_ROWS = ["overview", "e-mail and suggestions", "event outbox", "snapshots", "queues", "database pool"]
+OVERVIEW_PANELS = ["throughput", "reject ratio", "freshness slo", "backlog", "consumers", "replicas", "version"]
+# The only variables a query may use: a test substitutes them and runs the
+# query against Prometheus.
+QUERY_VARIABLES = {"namespace", "__rate_interval"}
+
+
 def check_dashboard():
-    path = ROOT / "deploy" / "grafana" / "las-worker.json"
-    w = "deploy/grafana/las-worker.json"
-    dash = json.loads(path.read_text())
+    path = ROOT / DASHBOARD
+    w = DASHBOARD
+    text = path.read_text()
+    dash = json.loads(text)
+    need(len(text.encode()) <= DASHBOARD_MAX_BYTES, w,
+         f"{len(text.encode())} bytes: over {DASHBOARD_MAX_BYTES}, too big for `kubectl apply` of its ConfigMap")
     need(isinstance(dash.get("schemaVersion"), int) and 36 <= dash["schemaVersion"] <= 41, w, "schemaVersion should be about 39")
     need(dash.get("uid") and dash.get("title"), w, "uid and title required")
     variables = {v.get("name"): v for v in dig(dash, "templating", "list", default=[])}
     need(dig(variables, "datasource", "type") == "datasource" and dig(variables, "datasource", "query") == "prometheus",
          w, "a datasource variable `datasource` of type prometheus is required")
+    need(dig(variables, "namespace", "type") == "query" and dig(variables, "namespace", "allValue") == ".*",
+         w, "a query variable `namespace` (All = .*) is required")
     ids = [p.get("id") for p in all_panels(dash)]
     need(len(ids) == len(set(ids)) and None not in ids, w, "panel ids must be unique")
     exprs = []
@@ -411,13 +429,38 @@ def check_dashboard():
         need(p.get("targets"), pw, "no query")
         for t in p.get("targets", []):
             need(dig(t, "datasource", "uid") in (None, "${datasource}"), pw, "target datasource must be ${datasource}")
-            need(t.get("expr"), pw, "empty expr")
-            exprs.append(t.get("expr", ""))
+            expr = t.get("expr", "")
+            need(expr, pw, "empty expr")
+            used = set(re.findall(r"\$\{?(\w+)", expr))
+            need(used <= QUERY_VARIABLES, pw, f"query uses variables {sorted(used - QUERY_VARIABLES)}; "
+                 f"only {sorted(QUERY_VARIABLES)} (a test runs every query)")
+            need("namespace=~\"$namespace\"" in expr, pw, f"query does not filter by $namespace: {expr[:100]}")
+            exprs.append(expr)
     check_metric_names(exprs, w)
+    need("las_school_last_sync_timestamp_seconds" not in " ".join(exprs), w,
+         "las_school_last_sync_timestamp_seconds is gone (issue #16): use the school aggregates")
+    rows = [p.get("title", "").lower() for p in dash.get("panels", []) if p.get("type") == "row"]
+    found = [next((i for i, r in enumerate(rows) if r.startswith(want)), None) for want in DASHBOARD_ROWS]
+    need(None not in found and found == sorted(found) and found[0] == 0, w,
+         f"rows must start with {DASHBOARD_ROWS} in this order; found {rows}")
+    overview = []
+    for p in dash.get("panels", [])[1:]:
+        if p.get("type") == "row":
+            break
+        overview.append(p.get("title", "").lower())
+    for want in OVERVIEW_PANELS:
+        need(any(t.startswith(want) for t in overview), w, f"the overview row has no {want!r} panel")
     titles = " | ".join(p.get("title", "") for p in all_panels(dash)).lower()
-    for want in ("throughput", "dead letters", "sync lag", "batch size", "batch duration", "rule decisions", "intake",
-                 "staleness", "consumers up", "connections", "transient retries", "memory", "cpu"):
+    for want in ("dead letters", "sync lag", "batch size", "batch duration", "rule decisions", "intake",
+                 "consumers up", "connections", "retries", "memory", "cpu", "e-mail outbox", "event outbox",
+                 "snapshots held", "snapshot overdue", "time since last commit", "wait for a connection"):
         need(want in titles, w, f"no panel about {want!r}")
+    # Alert thresholds drawn: each panel that names an alert in its
+    # description has threshold steps beyond the base colour.
+    for p in all_panels(dash):
+        if "Threshold drawn from the alert rules" in p.get("description", ""):
+            steps = dig(p, "fieldConfig", "defaults", "thresholds", "steps", default=[])
+            need(len(steps) >= 2, f"{w} panel {p.get('id')} {p.get('title')!r}", "names an alert but draws no threshold")
 
 
 def check_dockerfile():
