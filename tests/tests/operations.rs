@@ -689,7 +689,9 @@ async fn rabbitmq_definitions_match_the_declared_topology() {
     // 2. The file imported into an empty vhost: the worker accepts it as is.
     let mut env = TestEnv::start_without_worker().await;
     let mut defs = file.clone();
-    for kind in ["exchanges", "queues", "bindings"] {
+    // Policies too: imported with their own vhost they would land in `/` of
+    // the shared broker.
+    for kind in ["exchanges", "queues", "bindings", "policies"] {
         for e in defs[kind].as_array_mut().unwrap() {
             e["vhost"] = json!(env.vhost);
         }
@@ -710,6 +712,25 @@ async fn rabbitmq_definitions_match_the_declared_topology() {
         !env.log().contains("PRECONDITION_FAILED"),
         "the worker found a queue declared differently"
     );
+    // The policies of the file apply to the worker's queues (delivery limit
+    // and dead-lettering as policy, issue #16).
+    let listed = rabbitmqctl_output(&["list_queues", "-p", &env.vhost, "name", "policy"]).unwrap();
+    for q in [
+        las_contracts::CHANGES_QUEUE,
+        las_contracts::PORTAL_QUEUE,
+        las_contracts::DEAD_LETTER_QUEUE,
+    ] {
+        let line = listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(q))
+            .unwrap_or_else(|| panic!("{q} not listed: {listed}"));
+        assert!(
+            line.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| !p.is_empty()),
+            "a policy of deploy/rabbitmq/definitions.json applies to {q}: {line}"
+        );
+    }
 }
 
 /// Issue #16, silent failures: a stuck outbox need not grow, and a broken
