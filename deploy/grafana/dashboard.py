@@ -575,10 +575,11 @@ def build(rules: Rules) -> dict:
            [q(f"sum by (type, outcome) (rate({messages}[{RI}]))", "{{type}} {{outcome}}")],
            unit="suffix: msg/s", w=12),
         ts("Sync lag p50 / p99", "Commit time minus emitted_at of the applied LAS changes "
-           "(las_sync_lag_seconds).",
+           "(las_sync_lag_seconds). The freshness SLO counts the changes above 300 s "
+           "(alerts LasSyncFreshnessBudgetBurn, LasSyncFreshnessBudgetSlowBurn).",
            [q(f"histogram_quantile(0.5, sum by (le) (rate({lag_bucket}[{RI}])))", "p50"),
             q(f"histogram_quantile(0.99, sum by (le) (rate({lag_bucket}[{RI}])))", "p99")],
-           unit="s", w=12, thresholds=rules.optional("LasWorkerSyncLagHigh", note="p99 over 10 m"), unit_text="s"),
+           unit="s", w=12, unit_text="s"),
         ts("Batch size p99 and mean", "Messages per applied batch, per queue.",
            [q(f"histogram_quantile(0.99, sum by (le, queue) (rate({sel('las_batch_size_messages_bucket')}[{RI}])))",
               "p99 {{queue}}"),
