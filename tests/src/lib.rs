@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod load;
 pub mod mailapi;
 pub mod proxy;
 
