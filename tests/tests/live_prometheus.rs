@@ -12,6 +12,9 @@
 //! Never skipped: a missing `prometheus` binary fails the test with the
 //! command that installs it.
 
+// A test: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

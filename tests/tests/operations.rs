@@ -909,3 +909,37 @@ async fn schools_whose_full_snapshots_stopped_are_counted_and_named() {
     assert_eq!(code, 0);
     assert!(!out.lines().any(|l| l.starts_with('{')), "{out}");
 }
+
+/// Issue #17: `AMQP_URL` may list several broker nodes. A worker whose list
+/// starts with (or, from its random start, meets) a node that refuses
+/// connections connects to the next one and works; the startup log shows
+/// the list without any password.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_of_broker_nodes_skips_the_one_that_is_down() {
+    let mut env = TestEnv::start_without_worker().await;
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let good = env.amqp_url();
+    let dead = good.replace(":5672/", &format!(":{dead_port}/"));
+    assert_ne!(dead, good, "the test's broker URL names port 5672: {good}");
+    env.extra_env_set("AMQP_URL", &format!("{dead},{good},{dead}"));
+    env.spawn_worker().await;
+    env.link(parnassys_link("12AB", "env-nodes")).await;
+    env.publish(&[guardian("12AB", "env-nodes", "G1", 1, "Knoop")])
+        .await;
+    let counts = env.wait_handled(2).await;
+    assert_eq!(counts.get("applied").copied(), Some(2), "{counts:?}");
+    assert!(env.show("12AB", "guardian", "G1").is_some());
+    let log = env.log();
+    assert!(
+        log.contains(&format!("127.0.0.1:{dead_port}")),
+        "the startup log names every node"
+    );
+    assert!(
+        !log.contains("guest:guest@"),
+        "no password of any node in the log"
+    );
+}

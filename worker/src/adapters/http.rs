@@ -41,6 +41,9 @@ pub fn router(metrics: Metrics, health: Arc<Health>, store: StoreCell) -> Router
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    s.metrics
+        .broker_blocked
+        .set(crate::adapters::amqp::blocked_connections() as i64);
     (
         [(
             header::CONTENT_TYPE,
@@ -62,6 +65,14 @@ async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
     };
     if !s.health.consumers_up() {
         return (StatusCode::SERVICE_UNAVAILABLE, "broker not connected\n");
+    }
+    // A resource alarm (issue #17): nothing is lost, the worker waits for
+    // the broker to unblock it and resumes by itself.
+    if crate::adapters::amqp::blocked_connections() > 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker blocks publishing (resource alarm); waiting\n",
+        );
     }
     match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n"),

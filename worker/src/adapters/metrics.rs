@@ -97,6 +97,8 @@ pub struct Metrics {
     pub event_outbox_oldest: IntGauge,
     /// Unix time of the daily job's last success on any replica.
     pub daily_job_last_success: IntGauge,
+    /// Connections of this process the broker blocks (connection.blocked).
+    pub broker_blocked: IntGauge,
     /// Build info.
     pub build_info: IntGauge,
 }
@@ -393,6 +395,10 @@ impl Metrics {
             "The database pool's maximum size (DB_MAX_CONNECTIONS).",
         );
         let schools_linked = gauge("las_schools_linked", "Schools linked to their LAS.");
+        let broker_blocked = gauge(
+            "las_broker_blocked_connections",
+            "Connections of this replica the broker blocks right now (connection.blocked: a memory or disk alarm).",
+        );
         let schools_snapshot_overdue = gauge(
             "las_schools_snapshot_overdue",
             "Schools that sent a full snapshot before but completed none within SNAPSHOT_OVERDUE_HOURS.",
@@ -428,6 +434,7 @@ impl Metrics {
             schools_linked,
             schools_snapshot_overdue,
             settings_info,
+            broker_blocked,
             consumer_up,
             intake,
             daily_runs,

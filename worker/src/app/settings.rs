@@ -44,8 +44,20 @@ impl std::fmt::Display for SecretUrl {
     }
 }
 
-/// Replaces the password part of `scheme://user:password@host` with `***`.
+/// Replaces the password part of `scheme://user:password@host` with `***`;
+/// in a list of node URLs (`AMQP_URL` of a cluster, issue #17) in each.
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(|u| redact_one(u.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -307,5 +319,21 @@ mod tests {
         );
         let u: SecretUrl = "postgres://app:s3cr3t@db/portal".parse().expect("url");
         assert!(!format!("{u:?} {u}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn every_node_of_a_cluster_url_is_redacted() {
+        let u: SecretUrl =
+            "amqps://w:pw1@rmq-0:5671/v, amqps://w:pw2@rmq-1:5671/v,amqps://w:pw3@rmq-2:5671/v"
+                .parse()
+                .expect("url");
+        let shown = format!("{u:?} {u}");
+        for pw in ["pw1", "pw2", "pw3"] {
+            assert!(!shown.contains(pw), "{shown}");
+        }
+        assert_eq!(
+            u.redacted(),
+            "amqps://w:***@rmq-0:5671/v,amqps://w:***@rmq-1:5671/v,amqps://w:***@rmq-2:5671/v"
+        );
     }
 }

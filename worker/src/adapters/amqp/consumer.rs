@@ -117,7 +117,7 @@ pub async fn session<H: BatchHandler>(
                 let _ = ch.basic_cancel(s(&tag), BasicCancelOptions::default()).await;
                 while let Some((deliveries, applied)) = in_flight.next().await {
                     match applied {
-                        Some(dead) => settle_batch(&ch, &deliveries, &dead).await?,
+                        Some(dead) => settle_batch(&ch, conn.status(), &deliveries, &dead).await?,
                         None => break,
                     }
                 }
@@ -127,7 +127,7 @@ pub async fn session<H: BatchHandler>(
             Some((deliveries, applied)) = in_flight.next(), if !in_flight.is_empty() => {
                 match applied {
                     Some(dead) => {
-                        if let Err(e) = settle_batch(&ch, &deliveries, &dead).await {
+                        if let Err(e) = settle_batch(&ch, conn.status(), &deliveries, &dead).await {
                             finish_in_flight(&mut in_flight).await;
                             return Err(e);
                         }
@@ -249,8 +249,14 @@ impl Drop for InFlight {
 /// (through that delivery's own acker), then `tx.commit`. The commit-ok comes
 /// once the dead-letter queue has the dead letters; until then the broker
 /// holds both, and a lost connection discards both.
+///
+/// While the broker blocks the connection (a resource alarm: the dead
+/// letters cannot be published), the commit waits as long as the alarm
+/// lasts instead of timing out: nothing is acknowledged meanwhile, and the
+/// batch settles by itself when the alarm clears (issue #17).
 async fn settle_batch(
     ch: &Channel,
+    conn: &lapin::ConnectionStatus,
     deliveries: &[Delivery],
     dead: &[(usize, Rejection)],
 ) -> Result<(), BusError> {
@@ -268,7 +274,19 @@ async fn settle_batch(
         ch.tx_commit().await?;
         Ok::<(), BusError>(())
     };
-    tokio::time::timeout(BROKER_REPLY_TIMEOUT, settle)
-        .await
-        .map_err(|_| BusError::Timeout(BROKER_REPLY_TIMEOUT, "acknowledgement commit"))?
+    let mut settle = std::pin::pin!(settle);
+    loop {
+        match tokio::time::timeout(BROKER_REPLY_TIMEOUT, &mut settle).await {
+            Ok(done) => return done,
+            Err(_) if conn.blocked() && conn.connected() => {
+                info!("the broker still blocks the connection; the batch waits to settle");
+            }
+            Err(_) => {
+                return Err(BusError::Timeout(
+                    BROKER_REPLY_TIMEOUT,
+                    "acknowledgement commit",
+                ));
+            }
+        }
+    }
 }

@@ -12,7 +12,7 @@
 //! without its dead letter. After a reconnect the old deliveries are dropped
 //! and the broker redelivers them; the message-id dedupe makes that harmless.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, LongString, ShortString};
@@ -111,8 +111,137 @@ pub(crate) fn ls(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
 }
 
+/// The node addresses of `AMQP_URL`: one URL, or several separated by
+/// commas, one per node of a cluster (issue #17), e.g.
+/// `amqps://u:p@rmq-0:5671/v,amqps://u:p@rmq-1:5671/v,amqps://u:p@rmq-2:5671/v`.
+pub fn node_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// How long one node may take to accept a connection before the next is
+/// tried (a node behind a dead network path may never answer).
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the broker: with several node addresses, tries them in turn,
+/// starting at a random one so that replicas spread over the nodes, and
+/// returns the first connection that opens (or the last error). Every
+/// connection is watched for `connection.blocked` ([`blocked_connections`]).
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(LongString::from(name.as_bytes().to_vec()));
-    Connection::connect(url, props).await
+    let nodes = node_urls(url);
+    let props = || {
+        ConnectionProperties::default()
+            .with_connection_name(LongString::from(name.as_bytes().to_vec()))
+    };
+    if nodes.len() <= 1 {
+        let conn = Connection::connect(nodes.first().copied().unwrap_or(url), props()).await?;
+        watch_blocked(conn.status().clone());
+        return Ok(conn);
+    }
+    let start = (uuid::Uuid::new_v4().as_u128() % nodes.len() as u128) as usize;
+    let mut last = None;
+    for i in 0..nodes.len() {
+        let node = nodes[(start + i) % nodes.len()];
+        match tokio::time::timeout(NODE_CONNECT_TIMEOUT, Connection::connect(node, props())).await {
+            Ok(Ok(conn)) => {
+                tracing::debug!(node = i, connection = name, "connected to a broker node");
+                watch_blocked(conn.status().clone());
+                return Ok(conn);
+            }
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the broker node did not accept the connection in time",
+                )))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "AMQP_URL names no broker node",
+        ))
+    }))
+}
+
+/// Connections of this process the broker blocks right now
+/// (`connection.blocked`: a memory or disk alarm). Publishing on them waits
+/// until the alarm clears; the worker acknowledges nothing whose dead letter
+/// or event is not confirmed, so it only waits (issue #17).
+static BLOCKED: AtomicUsize = AtomicUsize::new(0);
+
+pub fn blocked_connections() -> usize {
+    BLOCKED.load(Ordering::SeqCst)
+}
+
+/// Follows one connection's blocked state until it is no longer connected.
+fn watch_blocked(status: lapin::ConnectionStatus) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut was = false;
+        loop {
+            let connected = status.connected();
+            let now = connected && status.blocked();
+            if now != was {
+                if now {
+                    BLOCKED.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!(
+                        "the broker blocks publishing on a connection (resource alarm); waiting"
+                    );
+                } else {
+                    BLOCKED.fetch_sub(1, Ordering::SeqCst);
+                    if connected {
+                        tracing::info!("the broker unblocked the connection");
+                    }
+                }
+                was = now;
+            }
+            // Watched from Connected on: any end state ends the watch.
+            if status.closing() || status.closed() || status.errored() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_url_or_a_comma_separated_list_of_nodes() {
+        assert_eq!(
+            node_urls("amqp://g:g@127.0.0.1:5672/%2f"),
+            vec!["amqp://g:g@127.0.0.1:5672/%2f"]
+        );
+        assert_eq!(
+            node_urls("amqp://a:5672/v, amqp://b:5672/v,,amqp://c:5672/v "),
+            vec!["amqp://a:5672/v", "amqp://b:5672/v", "amqp://c:5672/v"]
+        );
+        assert!(node_urls(" , ").is_empty());
+    }
+
+    #[tokio::test]
+    async fn when_no_node_answers_connect_fails_without_hanging() {
+        // Two addresses where nothing listens: connect tries both and
+        // returns an error, it does not hang or panic.
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or(1)
+        };
+        let url = format!(
+            "amqp://g:g@127.0.0.1:{}/%2f,amqp://g:g@127.0.0.1:{}/%2f",
+            free(),
+            free()
+        );
+        assert!(connect(&url, "test").await.is_err());
+    }
 }
