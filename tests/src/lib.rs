@@ -6,14 +6,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod load;
 pub mod mailapi;
 pub mod proxy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -37,7 +38,28 @@ pub fn worker_bin() -> PathBuf {
             return PathBuf::from(p);
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // Not the variables cargo sets for this test binary: a build script
+        // that reruns when one changes (ring's, on CARGO_MANIFEST_DIR) would
+        // rebuild half the dependency tree here, and again in the next
+        // `cargo test` (about 30 s each time on two cores).
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&k.as_ref())
+            {
+                build.env_remove(k.as_ref());
+            }
+        }
+        let status = build
             .args(["build", "-q", "-p", "las-worker", "--bin", "las-worker"])
             .current_dir(workspace_root())
             .status()
@@ -57,18 +79,58 @@ pub fn worker_bin() -> PathBuf {
     .clone()
 }
 
-fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run rabbitmqctl ({e}); the e2e tests create a vhost per test with it: install rabbitmq-server"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "rabbitmqctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
+/// Runs `rabbitmqctl ARGS` against a running node: stdout, or the error.
+pub type Ctl = Arc<dyn Fn(&[&str]) -> Result<String, String> + Send + Sync>;
+
+/// The RabbitMQ a `TestEnv` uses: the machine's single broker (`local`) or a
+/// cluster (`cluster::Cluster::broker`). Each world gets its own vhost on it.
+#[derive(Clone)]
+pub struct Broker {
+    /// `amqp://user:pass@host:port` (no vhost) of each node the worker is
+    /// given, in order: its `AMQP_URL` is these with the world's vhost,
+    /// joined by commas (one URL for the local broker).
+    worker_bases: Vec<String>,
+    /// The same for the test's own connections (publishing, reading
+    /// queues): the first that accepts a TCP connection is used.
+    client_bases: Vec<String>,
+    /// `rabbitmqctl ARGS` against a running node: stdout, or the error.
+    ctl: Ctl,
+    /// Test queues (the sync-event tap) as quorum queues: on a cluster a
+    /// classic queue lives on one node and loses what is routed to it while
+    /// that node is down.
+    pub quorum_test_queues: bool,
+    /// Whether the world's vhost is deleted when the `TestEnv` is dropped
+    /// (not on a cluster that is thrown away anyway).
+    delete_vhost_on_drop: bool,
+}
+
+impl Broker {
+    /// The machine's broker on 127.0.0.1:5672, driven by `rabbitmqctl`.
+    pub fn local() -> Broker {
+        Broker {
+            worker_bases: vec![AMQP_BASE.to_owned()],
+            client_bases: vec![AMQP_BASE.to_owned()],
+            ctl: Arc::new(|args: &[&str]| rabbitmqctl_output(args)),
+            quorum_test_queues: false,
+            delete_vhost_on_drop: true,
+        }
+    }
+
+    /// A broker of several nodes: the worker gets `worker_bases`, the test
+    /// connects through `client_bases`, `ctl` runs rabbitmqctl on a live node.
+    pub fn nodes(worker_bases: Vec<String>, client_bases: Vec<String>, ctl: Ctl) -> Broker {
+        Broker {
+            worker_bases,
+            client_bases,
+            ctl,
+            quorum_test_queues: true,
+            delete_vhost_on_drop: false,
+        }
+    }
+
+    /// Runs rabbitmqctl with `args` against a running node of this broker.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        (self.ctl)(args)
     }
 }
 
@@ -88,6 +150,7 @@ pub struct TestEnv {
     pub metrics_port: u16,
     pub log_path: PathBuf,
     pub db: sqlx::PgPool,
+    pub broker: Broker,
     worker: Option<Child>,
     extra_env: Vec<(String, String)>,
 }
@@ -100,7 +163,12 @@ impl TestEnv {
 
     /// A fresh world; `env` adds or overrides worker settings (e.g. BATCH_SIZE).
     pub async fn start_with(env: &[(&str, &str)]) -> TestEnv {
-        let mut e = Self::new_world().await;
+        Self::start_on(Broker::local(), env).await
+    }
+
+    /// A fresh world on `broker` (its own vhost there) with a running worker.
+    pub async fn start_on(broker: Broker, env: &[(&str, &str)]) -> TestEnv {
+        let mut e = Self::new_world(broker).await;
         e.extra_env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -109,7 +177,7 @@ impl TestEnv {
         e
     }
 
-    async fn new_world() -> TestEnv {
+    async fn new_world(broker: Broker) -> TestEnv {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let database = format!("lasw_e2e_{id}");
         let vhost = format!("lasw-e2e-{id}");
@@ -121,10 +189,12 @@ impl TestEnv {
             .await
             .unwrap();
         admin.close().await;
-        rabbitmqctl(&["add_vhost", &vhost]).unwrap_or_else(|e| {
+        broker.ctl(&["add_vhost", &vhost]).unwrap_or_else(|e| {
             panic!("RabbitMQ: {e}. Start it with `rabbitmq-server -detached`.")
         });
-        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]).unwrap();
+        broker
+            .ctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])
+            .unwrap();
         let db = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{database}"))
             .await
             .unwrap();
@@ -137,6 +207,7 @@ impl TestEnv {
             vhost,
             metrics_port: free_port(),
             db,
+            broker,
             worker: None,
             extra_env: vec![],
         }
@@ -146,8 +217,29 @@ impl TestEnv {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.database)
     }
 
+    /// The worker's `AMQP_URL`: this world's vhost on every node the worker
+    /// is given, comma-separated (one URL on the local broker).
     pub fn amqp_url(&self) -> String {
-        format!("{AMQP_BASE}/{}", self.vhost)
+        self.broker
+            .worker_bases
+            .iter()
+            .map(|b| format!("{b}/{}", self.vhost))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// One URL of this world's vhost for the test's own connections: the
+    /// first node of the broker that accepts a TCP connection (on a cluster
+    /// some may be down).
+    pub fn client_url(&self) -> String {
+        let bases = &self.broker.client_bases;
+        let up = bases.iter().find(|b| {
+            let addr = b.rsplit('@').next().unwrap_or(b);
+            addr.parse::<std::net::SocketAddr>().is_ok_and(|a| {
+                std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok()
+            })
+        });
+        format!("{}/{}", up.unwrap_or(&bases[0]), self.vhost)
     }
 
     /// Starts (or restarts) `las-worker run` and waits until it is ready.
@@ -265,19 +357,27 @@ impl TestEnv {
         id
     }
 
-    /// Binds a queue of this test to every sync event (`las.sync-events`, `#`).
+    /// Binds a queue of this test to every sync event (`las.sync-events`, `#`);
+    /// a quorum queue on a cluster (`Broker::quorum_test_queues`).
     pub async fn bind_events_queue(&self) {
-        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+        let conn = Connection::connect(&self.client_url(), ConnectionProperties::default())
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        if self.broker.quorum_test_queues {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
         ch.queue_declare(
             "test-events".into(),
             lapin::options::QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            args,
         )
         .await
         .unwrap();
@@ -295,7 +395,7 @@ impl TestEnv {
 
     /// Takes the sync events that arrived in the test queue so far.
     pub async fn take_events(&self) -> Vec<Value> {
-        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+        let conn = Connection::connect(&self.client_url(), ConnectionProperties::default())
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -376,7 +476,7 @@ impl TestEnv {
 
     /// Publishes raw bodies to an exchange with a routing key, with confirms.
     pub async fn publish_raw(&self, exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
-        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+        let conn = Connection::connect(&self.client_url(), ConnectionProperties::default())
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -492,7 +592,7 @@ impl TestEnv {
 
     /// Takes every message from the dead-letter queue: (headers, body).
     pub async fn dead_letters(&self) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
-        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+        let conn = Connection::connect(&self.client_url(), ConnectionProperties::default())
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -579,7 +679,9 @@ impl Drop for TestEnv {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+        if self.broker.delete_vhost_on_drop {
+            let _ = self.broker.ctl(&["delete_vhost", &self.vhost]);
+        }
         let _ = std::fs::remove_dir_all(self.mail_dir());
     }
 }
@@ -736,21 +838,28 @@ impl TestEnv {
     /// A fresh world (database and vhost) without a worker; start one with
     /// `spawn_worker` (after `extra_env_set`, if needed).
     pub async fn start_without_worker() -> TestEnv {
-        Self::new_world().await
+        Self::new_world(Broker::local()).await
+    }
+
+    /// `start_without_worker` on `broker`.
+    pub async fn start_without_worker_on(broker: Broker) -> TestEnv {
+        Self::new_world(broker).await
     }
 
     /// `messages` (ready + unacknowledged) per queue of this world's vhost.
     pub fn queue_depths(&self) -> BTreeMap<String, u64> {
-        let out = rabbitmqctl_output(&[
-            "list_queues",
-            "-q",
-            "-s",
-            "-p",
-            &self.vhost,
-            "name",
-            "messages",
-        ])
-        .unwrap();
+        let out = self
+            .broker
+            .ctl(&[
+                "list_queues",
+                "-q",
+                "-s",
+                "-p",
+                &self.vhost,
+                "name",
+                "messages",
+            ])
+            .unwrap();
         out.lines()
             .filter_map(|l| {
                 let mut cols = l.split('\t');
@@ -783,15 +892,17 @@ impl TestEnv {
     /// vhost (the ones named `las-worker ...`); returns how many it closed.
     /// Other connections in the vhost (a test's publisher) stay open.
     pub fn kill_worker_connections(&self, reason: &str) -> usize {
-        let out = rabbitmqctl_output(&[
-            "list_connections",
-            "-q",
-            "-s",
-            "pid",
-            "vhost",
-            "client_properties",
-        ])
-        .unwrap();
+        let out = self
+            .broker
+            .ctl(&[
+                "list_connections",
+                "-q",
+                "-s",
+                "pid",
+                "vhost",
+                "client_properties",
+            ])
+            .unwrap();
         let mut closed = 0;
         for line in out.lines() {
             let mut cols = line.splitn(3, '\t');
@@ -800,7 +911,9 @@ impl TestEnv {
                 continue;
             };
             if vhost.trim() == self.vhost && props.contains("las-worker") {
-                rabbitmqctl_output(&["close_connection", pid.trim(), reason]).unwrap();
+                self.broker
+                    .ctl(&["close_connection", pid.trim(), reason])
+                    .unwrap();
                 closed += 1;
             }
         }
@@ -811,7 +924,7 @@ impl TestEnv {
     /// awaited per chunk (much faster than `publish`); each message goes to
     /// the exchange and routing key its own fields name.
     pub async fn publish_many(&self, msgs: &[Value]) {
-        publish_many_to(&self.amqp_url(), msgs).await;
+        publish_many_to(&self.client_url(), msgs).await;
     }
 }
 
@@ -1066,4 +1179,155 @@ pub async fn publish_bytes_to(amqp_url: &str, msgs: &[(String, String, Vec<u8>)]
         .await
         .unwrap();
     assert_eq!(confirmed, msgs.len(), "broker did not confirm a publish");
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of the fault tests (tests/tests/faults.rs, tests/tests/cluster.rs):
+// message ids, polling, parent edits and their e-mails.
+// ---------------------------------------------------------------------------
+
+/// The message ids of messages, in order.
+pub fn ids(msgs: &[Value]) -> Vec<uuid::Uuid> {
+    msgs.iter()
+        .map(|m| m["message_id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// The distinct message ids of messages.
+pub fn distinct_ids(msgs: &[Value]) -> Vec<uuid::Uuid> {
+    let set: BTreeSet<uuid::Uuid> = ids(msgs).into_iter().collect();
+    set.into_iter().collect()
+}
+
+/// How many of `ids` are in `processed_messages`.
+pub async fn processed(env: &TestEnv, ids: &[uuid::Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM processed_messages WHERE message_id = ANY($1)")
+        .bind(ids)
+        .fetch_one(&env.db)
+        .await
+        .unwrap_or(-1)
+}
+
+/// Polls `check` until it returns `Ok`; panics after `timeout` with what was
+/// expected and the last thing seen.
+pub async fn wait_for<F>(what: &str, timeout: Duration, mut check: F)
+where
+    F: AsyncFnMut() -> Result<(), String>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = match check().await {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "expected {what} within {timeout:?}; seen: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every id is in `processed_messages`.
+pub async fn wait_processed(env: &TestEnv, ids: &[uuid::Uuid], timeout: Duration) {
+    let want = ids.len() as i64;
+    wait_for(
+        &format!("all {want} message ids in processed_messages"),
+        timeout,
+        async || {
+            let n = processed(env, ids).await;
+            if n == want {
+                Ok(())
+            } else {
+                Err(format!("{n} (log: {})", env.log_path.display()))
+            }
+        },
+    )
+    .await;
+}
+
+/// A parent edit of a guardian (portal.parent_edit.v1).
+pub fn edit(brin: &str, guardian: &str, changes: Value) -> Value {
+    json!({"schema": "portal.parent_edit.v1", "message_id": uuid::Uuid::new_v4(), "brin": brin,
+        "guardian_las_key": guardian, "edited_at": "2026-11-20T08:00:00Z", "changes": changes})
+}
+
+/// The idempotency keys of every e-mail in the outbox.
+pub async fn outbox_keys(env: &TestEnv) -> BTreeSet<String> {
+    uuid_column(env, "SELECT idempotency_key FROM email_outbox").await
+}
+
+/// Two recipients of suggestion e-mails (R10).
+pub async fn recipients(env: &TestEnv, brin: &str) {
+    env.add_user(
+        brin,
+        "Koppelbeheerder",
+        "beheer@school.example",
+        "link_admin",
+        false,
+    )
+    .await;
+    env.add_user(brin, "Juf Ans", "ans@school.example", "teacher", true)
+        .await;
+}
+
+/// Waits until `want` suggestion e-mails are `sent` in the outbox.
+pub async fn wait_emails_sent(
+    env: &TestEnv,
+    api: &mailapi::MailApi,
+    want: i64,
+    timeout: Duration,
+    what: &str,
+) {
+    wait_for(what, timeout, async || {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM email_outbox WHERE status = 'sent'")
+                .fetch_one(&env.db)
+                .await
+                .unwrap_or(-1);
+        if sent == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "{sent} of {want} sent; API calls {}",
+                api.calls().len()
+            ))
+        }
+    })
+    .await;
+}
+
+/// Waits until every event of the event outbox is published (confirmed by
+/// the broker).
+pub async fn wait_events_published(env: &TestEnv, timeout: Duration) {
+    wait_for("every sync event published", timeout, async || {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM event_outbox_events WHERE published_at IS NULL",
+        )
+        .fetch_one(&env.db)
+        .await
+        .unwrap_or(-1);
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} unpublished"))
+        }
+    })
+    .await;
+}
+
+/// The id of every event in the event outbox.
+pub async fn outbox_event_ids(env: &TestEnv) -> BTreeSet<String> {
+    uuid_column(env, "SELECT event_id FROM event_outbox_events").await
+}
+
+/// The distinct values of a query's one uuid column, as text.
+async fn uuid_column(env: &TestEnv, sql: &'static str) -> BTreeSet<String> {
+    sqlx::query_scalar::<_, uuid::Uuid>(sql)
+        .fetch_all(&env.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.to_string())
+        .collect()
 }

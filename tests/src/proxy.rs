@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, watch};
 
@@ -71,8 +72,18 @@ impl TcpProxy {
                         let _ = server.set_nodelay(true);
                         let (mut cr, mut cw) = client.into_split();
                         let (mut sr, mut sw) = server.into_split();
-                        let up = tokio::io::copy(&mut cr, &mut sw);
-                        let down = tokio::io::copy(&mut sr, &mut cw);
+                        // A side that closes is closed on the other side
+                        // too (FIN passed on): a client that went away
+                        // must not stay connected to the broker as a ghost
+                        // until the broker's heartbeat time-out.
+                        let up = async {
+                            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                            let _ = sw.shutdown().await;
+                        };
+                        let down = async {
+                            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                            let _ = cw.shutdown().await;
+                        };
                         tokio::select! {
                             _ = async { tokio::join!(up, down) } => {}
                             _ = cut.wait_for(|g| *g != born) => {}

@@ -34,63 +34,6 @@ type Raw = (String, String, Vec<u8>);
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn ids(msgs: &[Value]) -> Vec<uuid::Uuid> {
-    msgs.iter()
-        .map(|m| m["message_id"].as_str().unwrap().parse().unwrap())
-        .collect()
-}
-
-fn distinct_ids(msgs: &[Value]) -> Vec<uuid::Uuid> {
-    let set: BTreeSet<uuid::Uuid> = ids(msgs).into_iter().collect();
-    set.into_iter().collect()
-}
-
-async fn processed(env: &TestEnv, ids: &[uuid::Uuid]) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM processed_messages WHERE message_id = ANY($1)")
-        .bind(ids)
-        .fetch_one(&env.db)
-        .await
-        .unwrap_or(-1)
-}
-
-/// Polls `check` until it returns `Ok`; panics after `timeout` with what was
-/// expected and the last thing seen.
-async fn wait_for<F>(what: &str, timeout: Duration, mut check: F)
-where
-    F: AsyncFnMut() -> Result<(), String>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let seen = match check().await {
-            Ok(()) => return,
-            Err(seen) => seen,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "expected {what} within {timeout:?}; seen: {seen}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until every id is in `processed_messages`.
-async fn wait_processed(env: &TestEnv, ids: &[uuid::Uuid], timeout: Duration) {
-    let want = ids.len() as i64;
-    wait_for(
-        &format!("all {want} message ids in processed_messages"),
-        timeout,
-        async || {
-            let n = processed(env, ids).await;
-            if n == want {
-                Ok(())
-            } else {
-                Err(format!("{n} (log: {})", env.log_path.display()))
-            }
-        },
-    )
-    .await;
-}
-
 /// The portal-visible state of a world as sorted text rows: profiles with
 /// every imported field and status, groups, effective group members,
 /// guardian-student links, suggestions and e-mails. Ids, message ids and
@@ -138,12 +81,6 @@ fn add_counts(maps: &[&BTreeMap<String, u64>]) -> BTreeMap<String, u64> {
 
 fn count(c: &BTreeMap<String, u64>, outcome: &str) -> u64 {
     c.get(outcome).copied().unwrap_or(0)
-}
-
-/// A parent edit of a guardian (portal.parent_edit.v1).
-fn edit(brin: &str, guardian: &str, changes: Value) -> Value {
-    json!({"schema": "portal.parent_edit.v1", "message_id": uuid::Uuid::new_v4(), "brin": brin,
-        "guardian_las_key": guardian, "edited_at": "2026-11-20T08:00:00Z", "changes": changes})
 }
 
 /// A ParnasSys guardian upsert at `version`; the e-mail only in odd versions
@@ -211,37 +148,6 @@ fn guardian_versions(brin: &str, env_id: &str, keys: usize, versions: u64) -> Ve
         }
     }
     out
-}
-
-/// Waits until `want` suggestion e-mails are `sent` in the outbox.
-async fn wait_emails_sent(env: &TestEnv, api: &MailApi, want: i64, timeout: Duration, what: &str) {
-    wait_for(what, timeout, async || {
-        let sent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM email_outbox WHERE status = 'sent'")
-                .fetch_one(&env.db)
-                .await
-                .unwrap_or(-1);
-        if sent == want {
-            Ok(())
-        } else {
-            Err(format!(
-                "{sent} of {want} sent; API calls {}",
-                api.calls().len()
-            ))
-        }
-    })
-    .await;
-}
-
-/// The idempotency keys of every e-mail in the outbox.
-async fn outbox_keys(env: &TestEnv) -> BTreeSet<String> {
-    sqlx::query_scalar::<_, uuid::Uuid>("SELECT idempotency_key FROM email_outbox")
-        .fetch_all(&env.db)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|k| k.to_string())
-        .collect()
 }
 
 /// Asserts the dead-letter queue and both input queues are empty.
@@ -317,20 +223,6 @@ fn storm_edits(brin: &str) -> Vec<Value> {
             )
         })
         .collect()
-}
-
-/// Two recipients of suggestion e-mails (R10).
-async fn recipients(env: &TestEnv, brin: &str) {
-    env.add_user(
-        brin,
-        "Koppelbeheerder",
-        "beheer@school.example",
-        "link_admin",
-        false,
-    )
-    .await;
-    env.add_user(brin, "Juf Ans", "ans@school.example", "teacher", true)
-        .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -929,14 +821,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_sends_no_email_twice() {
     );
 
     // Events: every outbox event published and received at least once.
-    let outbox: BTreeSet<String> =
-        sqlx::query_scalar::<_, uuid::Uuid>("SELECT event_id FROM event_outbox_events")
-            .fetch_all(&env.db)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|k| k.to_string())
-            .collect();
+    let outbox = outbox_event_ids(&env).await;
     let mut received: BTreeSet<String> = BTreeSet::new();
     wait_for(
         "every outbox event received",
@@ -1423,24 +1308,7 @@ async fn soak_200k_messages_with_all_faults_keeps_memory_flat_and_loses_nothing(
         "every e-mail delivered under its own key"
     );
     // Events: the outbox empties (each published with a broker confirm).
-    wait_for(
-        "every sync event published",
-        Duration::from_secs(120),
-        async || {
-            let left: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM event_outbox_events WHERE published_at IS NULL",
-            )
-            .fetch_one(&env.db)
-            .await
-            .unwrap_or(-1);
-            if left == 0 {
-                Ok(())
-            } else {
-                Err(format!("{left} unpublished"))
-            }
-        },
-    )
-    .await;
+    wait_events_published(&env, Duration::from_secs(120)).await;
 
     // Memory.
     let max_in = |lo: f64, hi: f64| {
