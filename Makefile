@@ -5,10 +5,10 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help build run demo test lint schema fmt bench clean-demo
+.PHONY: help build run demo test test-cluster lint schema fmt bench clean-demo
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-11s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-12s %s\n", $$1, $$2 }'
 
 build: ## Build every crate of the workspace
 	$(CARGO) build --workspace
@@ -27,6 +27,10 @@ test: ## Set up services and tools where it can, then build and run every test
 	bash scripts/ensure-test-tools.sh
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+test-cluster: ## Only the cluster fault tests: a three-node RabbitMQ on this machine, five faults and a baseline (~8 min; make test runs them too)
+	bash scripts/check-services.sh
+	$(CARGO) test -p las-e2e --test cluster
 
 lint: ## Layer check (scripts/check-layers.sh), rustfmt check and clippy with warnings as errors
 	bash scripts/check-layers.sh
