@@ -98,6 +98,27 @@ pub(super) async fn resolve(
     if searchable.is_empty() {
         return Ok(waiting);
     }
+    // After go-live most schools have no uncoupled portal profile left and
+    // nothing waiting: one probe per batch instead of the lookups below
+    // (issue #19; a new key of such a school is simply new).
+    let mut probe: Vec<i64> = searchable.iter().map(|k| k.0).collect();
+    probe.sort_unstable();
+    probe.dedup();
+    let open: HashSet<i64> = sqlx::query_scalar::<_, i64>(
+        "SELECT u.s FROM UNNEST($1::int8[]) AS u(s)
+         WHERE EXISTS (SELECT 1 FROM profiles p
+                       WHERE p.school_id = u.s AND p.las_key IS NULL AND p.status = 'active')
+            OR EXISTS (SELECT 1 FROM coupling_waits w WHERE w.school_id = u.s)",
+    )
+    .bind(&probe)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    searchable.retain(|k| open.contains(&k.0));
+    if searchable.is_empty() {
+        return Ok(waiting);
+    }
 
     // Records that wait already.
     let w_school: Vec<i64> = searchable.iter().map(|k| k.0).collect();

@@ -173,17 +173,25 @@ pub(super) async fn reconcile_guardians(
         }
     }
     let mut changed: Vec<(Status, Status, String, String)> = Vec::new();
+    let mut changed_id: Vec<i64> = Vec::new();
+    // Updated: the guardians whose status changes, and (R12) the active
+    // ones not marked shown yet (new guardians: inserted unshown until this
+    // settles whether they are held), in the same statement.
     let (mut u_id, mut u_status): (Vec<i64>, Vec<&'static str>) = (Vec::new(), Vec::new());
     for (id, school, key, was, brin) in &cands {
         // A guardian without links keeps its status.
-        let Some(statuses) = students_of.get(&(*school, key.as_str())) else {
-            continue;
+        let target = match students_of.get(&(*school, key.as_str())) {
+            Some(statuses) => rules::guardian_status(statuses),
+            None => *was,
         };
-        let target = rules::guardian_status(statuses);
         if target != *was {
             u_id.push(*id);
             u_status.push(target.as_str());
             changed.push((target, *was, key.clone(), brin.clone()));
+            changed_id.push(*id);
+        } else if target == Status::Active && !shown.contains(id) {
+            u_id.push(*id);
+            u_status.push(target.as_str());
         }
     }
     if !u_id.is_empty() {
@@ -204,7 +212,7 @@ pub(super) async fn reconcile_guardians(
         // children the LAS removed is purged at once (`rules::purge_at_once`).
         let purge_now: Vec<i64> = changed
             .iter()
-            .zip(&u_id)
+            .zip(&changed_id)
             .filter(|((target, was, _, _), id)| {
                 rules::purge_at_once(*was, *target, shown.contains(*id))
             })

@@ -172,7 +172,6 @@ pub(super) async fn apply_profiles(
     let mut links = Links::default();
     let mut students_changed: Vec<i64> = Vec::new();
     let mut touched_guardians: Vec<i64> = Vec::new();
-    let mut unshown_guardians: Vec<i64> = Vec::new();
     // R10: the profiles whose open suggestions a LAS import may resolve.
     let mut touched_for_suggestions: Vec<i64> = Vec::new();
     let mut intake_schools: HashSet<i64> = HashSet::new();
@@ -234,12 +233,7 @@ pub(super) async fn apply_profiles(
             ProfileKind::Student if slot.was_status != Some(state.status) => {
                 students_changed.push(slot.id)
             }
-            ProfileKind::Guardian => {
-                touched_guardians.push(slot.id);
-                if !state.shown {
-                    unshown_guardians.push(slot.id);
-                }
-            }
+            ProfileKind::Guardian => touched_guardians.push(slot.id),
             _ => {}
         }
     }
@@ -275,16 +269,9 @@ pub(super) async fn apply_profiles(
         effects,
     )
     .await?;
-    // R12: a guardian the batch leaves visible has been shown (held ones,
-    // whose children are all under 4, have not: `rules::purge_at_once`).
-    if !unshown_guardians.is_empty() {
-        sqlx::query(
-            "UPDATE profiles SET shown = TRUE WHERE id = ANY($1) AND status = 'active' AND NOT shown",
-        )
-        .bind(&unshown_guardians)
-        .execute(&mut **tx)
-        .await?;
-    }
+    // R12: `reconcile_guardians` also marks the guardians it leaves active
+    // as shown (held ones, whose children are all under 4, have not been:
+    // `rules::purge_at_once`), in its one update.
     resolve_suggestions(tx, &touched_for_suggestions, effects).await?;
     Ok(())
 }
