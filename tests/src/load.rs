@@ -549,6 +549,105 @@ impl Load {
     }
 }
 
+/// The state a profile of a load must end in: that of its newest version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalProfile {
+    pub version: i64,
+    /// Deactivated in the portal: the newest version is a removal, or (a
+    /// guardian) every student it is linked to is removed (R12).
+    pub deactivated: bool,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+impl Load {
+    /// Each school's BRIN and LAS source (`source` of its change messages).
+    pub fn sources(&self) -> Vec<(String, Value)> {
+        self.links
+            .iter()
+            .map(|m| {
+                let v: Value = serde_json::from_slice(&m.body).expect("a generated link is JSON");
+                let brin = v["brin"].as_str().unwrap_or_default().to_owned();
+                let source = json!({"system": v["system"], "environment_id": v["environment_id"], "label": v["label"]});
+                (brin, source)
+            })
+            .collect()
+    }
+
+    /// The distinct message ids of the changes.
+    pub fn distinct_ids(&self) -> Vec<Uuid> {
+        let set: std::collections::BTreeSet<Uuid> = self.changes.iter().map(|m| m.id).collect();
+        set.into_iter().collect()
+    }
+
+    /// Every student, guardian and staff profile of the load, by (BRIN,
+    /// kind, LAS key), with the state of its newest version (a stale copy
+    /// has the same version and content as the one it repeats).
+    pub fn final_profiles(
+        &self,
+    ) -> std::collections::BTreeMap<(String, String, String), FinalProfile> {
+        let mut out: std::collections::BTreeMap<(String, String, String), FinalProfile> =
+            std::collections::BTreeMap::new();
+        // A guardian's students, from its newest version.
+        let mut students: std::collections::BTreeMap<(String, String, String), Vec<String>> =
+            std::collections::BTreeMap::new();
+        for m in &self.changes {
+            let v: Value = serde_json::from_slice(&m.body).expect("a generated change is JSON");
+            let ty = v["change"]["type"].as_str().unwrap_or_default();
+            let Some((kind, op)) = ty.split_once('.') else {
+                continue;
+            };
+            if !matches!(kind, "student" | "guardian" | "staff") {
+                continue;
+            }
+            let key = (
+                v["brin"].as_str().unwrap_or_default().to_owned(),
+                kind.to_owned(),
+                v["change"]["las_key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            let version = v["version"].as_i64().unwrap_or_default();
+            let text = |f: &str| v["change"][f].as_str().map(str::to_owned);
+            let state = FinalProfile {
+                version,
+                deactivated: op == "removed",
+                first_name: text("first_name"),
+                last_name: text("last_name"),
+            };
+            match out.get(&key) {
+                Some(have) if have.version >= version => {}
+                _ => {
+                    let keys = v["change"]["student_keys"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|k| k.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    students.insert(key.clone(), keys);
+                    out.insert(key, state);
+                }
+            }
+        }
+        for ((brin, kind, key), keys) in students {
+            if kind != "guardian" || keys.is_empty() {
+                continue;
+            }
+            let all_removed = keys.iter().all(|k| {
+                out.get(&(brin.clone(), "student".to_owned(), k.clone()))
+                    .is_some_and(|s| s.deactivated)
+            });
+            if all_removed && let Some(g) = out.get_mut(&(brin, kind, key)) {
+                g.deactivated = true;
+            }
+        }
+        out
+    }
+}
+
 /// Publishes with publisher confirms, `window` unconfirmed at most; stamps
 /// `emitted_at` with the send time. Fails unless every message is confirmed.
 pub async fn publish(url: &str, msgs: &mut [Msg], window: usize) -> Result<Duration> {
