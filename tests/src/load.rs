@@ -732,4 +732,35 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn final_profiles_are_the_newest_versions() {
+        let load = Load::generate(7, 3_000, None);
+        let finals = load.final_profiles();
+        assert_eq!(finals.len(), load.expect.profiles);
+        let removed = finals
+            .iter()
+            .filter(|((_, kind, _), p)| kind == "student" && p.deactivated)
+            .count();
+        assert_eq!(removed, load.expect.removed_students);
+        // Newest: no change of a profile has a higher version.
+        for m in &load.changes {
+            let v: Value = serde_json::from_slice(&m.body).unwrap();
+            let kind = v["change"]["type"]
+                .as_str()
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap();
+            let key = (
+                v["brin"].as_str().unwrap().to_owned(),
+                kind.to_owned(),
+                v["change"]["las_key"].as_str().unwrap().to_owned(),
+            );
+            if let Some(f) = finals.get(&key) {
+                assert!(f.version >= v["version"].as_i64().unwrap());
+            }
+        }
+        assert_eq!(load.sources().len(), load.links.len());
+    }
 }

@@ -970,7 +970,7 @@ async fn verify(
             report.saw_blocked_readyz
         ),
     }
-    eprintln!(
+    let ledger = format!(
         "cluster: {what}: published {published} ({} distinct, {copies} duplicate copies, {} poison) + {} edits ({edit_attempts} publish attempts); counted {all:?} = published + {redelivered} redeliveries; {} events in the outbox, {deliveries} deliveries on the tap; {} e-mails; changes connections {connections}",
         distinct.len(),
         poison.len(),
@@ -978,6 +978,8 @@ async fn verify(
         outbox.len(),
         keys.len()
     );
+    eprintln!("{ledger}");
+    record(&ledger);
 }
 
 /// Consumes the bound event queue until every outbox event arrived (or 60 s
