@@ -7,6 +7,11 @@
 //! * **raw** (a): a lapin consumer that only acknowledges, with the worker's
 //!   ack pattern (one multiple ack per batch of `BATCH_SIZE`, or after
 //!   `BATCH_MAX_WAIT_MS`), drains a copy of the load. The broker's limit.
+//! * **floor** (a', issue #19): the simplest durable consumer: same queue,
+//!   prefetch and batching, and per batch one multi-row `INSERT` of message
+//!   id and body into a table with a primary key, `COMMIT`, one multiple
+//!   ack; nothing else. The durable floor the worker is measured against
+//!   (b/a' next to b/a).
 //! * **batch** (b): `las-worker run` with its defaults (BATCH_SIZE 400,
 //!   PREFETCH 1000) drains the load, from readiness to the last commit.
 //! * **single** (c): the same with BATCH_SIZE 1, PREFETCH 1000 (per-message
@@ -31,7 +36,7 @@
 //! `--schools`/`BENCH_SCHOOLS`, `--seed`/`BENCH_SEED` (7),
 //! `--single-messages`/`BENCH_SINGLE_MESSAGES` (messages/50, 1k..2k),
 //! `--rate`/`BENCH_RATE` (2000), `--latency-secs`/`BENCH_LATENCY_SECS` (15),
-//! `--phases`/`BENCH_PHASES` (raw,batch,single,latency), `LAS_WORKER_BIN`
+//! `--phases`/`BENCH_PHASES` (raw,floor,batch,single,latency), `LAS_WORKER_BIN`
 //! (target/release/las-worker). Diagnostics: `BENCH_PERF=1` (or `all`)
 //! records a `perf` profile of the worker (or the whole machine) during the
 //! batch drain; `BENCH_DB_SET="name=value;..."` sets per-database settings
@@ -91,7 +96,7 @@ struct Config {
     out_dir: PathBuf,
 }
 
-const PHASES: [&str; 4] = ["raw", "batch", "single", "latency"];
+const PHASES: [&str; 5] = ["raw", "floor", "batch", "single", "latency"];
 
 fn parse_count(s: &str) -> Result<usize> {
     let t = s.trim().to_ascii_lowercase().replace(['_', ','], "");
@@ -113,7 +118,7 @@ fn workspace_root() -> PathBuf {
 
 const USAGE: &str =
     "usage: bench [--messages N|--scale 1m] [--schools N] [--seed N] [--single-messages N]
-             [--rate N] [--latency-secs N] [--phases raw,batch,single,latency]
+             [--rate N] [--latency-secs N] [--phases raw,floor,batch,single,latency]
        bench --cleanup   (remove what an interrupted run left: workers, databases, vhosts)
 Environment: BENCH_MESSAGES, BENCH_SCALE, BENCH_SCHOOLS, BENCH_SEED, BENCH_SINGLE_MESSAGES,
 BENCH_RATE, BENCH_LATENCY_SECS, BENCH_PHASES, LAS_WORKER_BIN; diagnostics: BENCH_PERF=1|all
@@ -929,6 +934,75 @@ async fn raw_drain(url: &str, n: usize) -> Result<Duration> {
     Ok(took)
 }
 
+/// The durable floor (a'): batches as `raw_drain`, each written with one
+/// multi-row `INSERT (message_id, body)` and committed before its multiple
+/// ack. The message id is read from the body (the contract's field).
+async fn floor_drain(url: &str, pool: &sqlx::PgPool, n: usize) -> Result<Duration> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS floor (message_id uuid PRIMARY KEY, body bytea NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            CHANGES_QUEUE.into(),
+            "bench-floor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut batch = Vec::with_capacity(BATCH_SIZE);
+    while done < n {
+        let first = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+            .await
+            .map_err(|_| anyhow!("floor consumer: no delivery for 60 s after {done} of {n}"))?
+            .ok_or_else(|| anyhow!("floor consumer cancelled"))??;
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + BATCH_MAX_WAIT;
+        while batch.len() < BATCH_SIZE {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Err(_) => break,
+                Ok(None) => bail!("floor consumer cancelled"),
+                Ok(Some(d)) => batch.push(d?),
+            }
+        }
+        let mut ids: Vec<Uuid> = Vec::with_capacity(batch.len());
+        let mut bodies: Vec<&[u8]> = Vec::with_capacity(batch.len());
+        for d in &batch {
+            let id = serde_json::from_slice::<Value>(&d.data)
+                .ok()
+                .and_then(|v| v["message_id"].as_str().and_then(|m| m.parse().ok()))
+                .unwrap_or_else(Uuid::new_v4);
+            ids.push(id);
+            bodies.push(&d.data);
+        }
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO floor (message_id, body) SELECT * FROM UNNEST($1::uuid[], $2::bytea[])
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&bodies)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if let Some(last) = batch.last() {
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        done += batch.len();
+        batch.clear();
+    }
+    let took = started.elapsed();
+    let _ = ch.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(took)
+}
+
 // ---------------------------------------------------------------------------
 // Phases
 // ---------------------------------------------------------------------------
@@ -971,6 +1045,34 @@ async fn phase_raw(cfg: &Config, load: &mut Load) -> Result<Value> {
         "seconds": round(took.as_secs_f64(), 3),
         "msgs_per_s": round(rate, 0),
         "publish_msgs_per_s": round(n as f64 / pub_took.as_secs_f64(), 0),
+        "cpu": cpu_json(c0, c1, took.as_secs_f64()),
+    }))
+}
+
+/// (a'): the durable floor drains a copy of the load.
+async fn phase_floor(cfg: &Config, load: &mut Load) -> Result<Value> {
+    let mut w = World::new(cfg, "floor", true).await?;
+    let n = load.changes.len();
+    say(format!(
+        "floor: publishing {n} messages (confirms) into {}",
+        w.vhost
+    ));
+    publish(&w.amqp_url(), &mut load.changes, 2000).await?;
+    let pool = w.pool().await?;
+    let c0 = cpu_snapshot(&[]);
+    let took = floor_drain(&w.amqp_url(), &pool, n).await?;
+    let c1 = cpu_snapshot(&[]);
+    let rate = n as f64 / took.as_secs_f64();
+    say(format!(
+        "floor: {n} messages in {:.2} s = {rate:.0} msg/s (INSERT + COMMIT + ack per batch)",
+        took.as_secs_f64()
+    ));
+    let left = w.queue_depth(CHANGES_QUEUE).await?;
+    ensure!(left == 0, "floor: {left} messages left in the queue");
+    Ok(json!({
+        "messages": n,
+        "seconds": round(took.as_secs_f64(), 3),
+        "msgs_per_s": round(rate, 0),
         "cpu": cpu_json(c0, c1, took.as_secs_f64()),
     }))
 }
@@ -1254,7 +1356,7 @@ CREATE TRIGGER bench_notify_commit AFTER INSERT ON processed_messages
 
 /// (d) Latency at a fixed offered rate; `emitted_at` = send time, commit time
 /// from the NOTIFY the trigger sends at commit.
-async fn phase_latency(cfg: &Config, load: &mut Load) -> Result<Value> {
+async fn phase_latency(cfg: &Config, load: &mut Load, rate: u32) -> Result<Value> {
     let mut w = World::new(cfg, "latency", true).await?;
     let env = vec![
         ("BATCH_SIZE", BATCH_SIZE.to_string()),
@@ -1278,12 +1380,12 @@ async fn phase_latency(cfg: &Config, load: &mut Load) -> Result<Value> {
         }
     });
 
-    let n = ((cfg.rate as u64 * cfg.latency_secs) as usize).min(load.changes.len());
+    let n = ((rate as u64 * cfg.latency_secs) as usize).min(load.changes.len());
     let mut msgs: Vec<Msg> = load.changes[..n].to_vec();
     let unique: HashSet<Uuid> = msgs.iter().map(|m| m.id).collect();
     say(format!(
         "latency: offering {n} messages at {} msg/s for {} s (worker BATCH_SIZE {BATCH_SIZE}, PREFETCH {PREFETCH})",
-        cfg.rate, cfg.latency_secs
+        rate, cfg.latency_secs
     ));
     let conn = Connection::connect(&w.amqp_url(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
@@ -1303,7 +1405,7 @@ async fn phase_latency(cfg: &Config, load: &mut Load) -> Result<Value> {
     let c0 = cpu_snapshot(&pids);
     let mut sent_at: HashMap<Uuid, SystemTime> = HashMap::with_capacity(n);
     let started = tokio::time::Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / cfg.rate as f64);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     for (i, m) in msgs.iter_mut().enumerate() {
         let due = started + interval * i as u32;
         if tokio::time::Instant::now() < due {
@@ -1382,7 +1484,7 @@ async fn phase_latency(cfg: &Config, load: &mut Load) -> Result<Value> {
     let batches = m.buckets("las_batch_size_messages", Some(("queue", "changes")));
     Ok(json!({
         "messages": n,
-        "offered_msgs_per_s": cfg.rate,
+        "offered_msgs_per_s": rate,
         "achieved_send_msgs_per_s": round(n as f64 / send_took.as_secs_f64(), 0),
         "p50_ms": round(p50, 1),
         "p90_ms": round(quantile_sorted(&lat, 0.9), 1),
@@ -1461,8 +1563,14 @@ async fn run(cfg: Config) -> Result<Value> {
     );
     out.insert("machine".into(), machine());
 
+    let rate = |v: &Option<Value>| v.as_ref().and_then(|v| v["msgs_per_s"].as_f64());
     let raw = if cfg.has("raw") {
         Some(phase_raw(&cfg, &mut load).await?)
+    } else {
+        None
+    };
+    let floor = if cfg.has("floor") {
+        Some(phase_floor(&cfg, &mut load).await?)
     } else {
         None
     };
@@ -1491,16 +1599,25 @@ async fn run(cfg: Config) -> Result<Value> {
     } else {
         None
     };
+    // (d) at a fixed rate (BENCH_RATE, 2,000 msg/s by default, comparable
+    // across runs) and, issue #19, at a third of what (b) drained in this
+    // run: a load that leaves the machine two thirds idle.
     let latency = if cfg.has("latency") {
-        Some(phase_latency(&cfg, &mut load).await?)
+        Some(phase_latency(&cfg, &mut load, cfg.rate).await?)
     } else {
         None
     };
+    let third = rate(&batch).map(|b| (b / 3.0).round().max(1.0) as u32);
+    let latency_third = match third {
+        Some(r) if cfg.has("latency") => Some(phase_latency(&cfg, &mut load, r).await?),
+        _ => None,
+    };
 
-    let rate = |v: &Option<Value>| v.as_ref().and_then(|v| v["msgs_per_s"].as_f64());
     let (a, b, c) = (rate(&raw), rate(&batch), rate(&single));
     let b_a = a.zip(b).map(|(a, b)| round(b / a, 3));
     let b_c = c.zip(b).map(|(c, b)| round(b / c, 2));
+    let a2 = rate(&floor);
+    let b_a2 = a2.zip(b).map(|(a2, b)| round(b / a2, 3));
     let rss = batch.as_ref().and_then(|v| v["peak_rss_mib"].as_f64());
     let p99 = latency.as_ref().and_then(|v| v["p99_ms"].as_f64());
     let verified = [&batch, &single]
@@ -1510,12 +1627,21 @@ async fn run(cfg: Config) -> Result<Value> {
     out.insert("worker_msgs_per_s".into(), json!(b));
     out.insert("single_msgs_per_s".into(), json!(c));
     out.insert("ratio_b_a".into(), json!(b_a));
+    out.insert("floor_msgs_per_s".into(), json!(a2));
+    out.insert("ratio_b_floor".into(), json!(b_a2));
     out.insert("ratio_b_c".into(), json!(b_c));
     out.insert(
         "latency_p50_ms".into(),
         json!(latency.as_ref().and_then(|v| v["p50_ms"].as_f64())),
     );
     out.insert("latency_p99_ms".into(), json!(p99));
+    let p99_third = latency_third.as_ref().and_then(|v| v["p99_ms"].as_f64());
+    out.insert("latency_third_of_b_offered".into(), json!(third));
+    out.insert(
+        "latency_third_of_b_p50_ms".into(),
+        json!(latency_third.as_ref().and_then(|v| v["p50_ms"].as_f64())),
+    );
+    out.insert("latency_third_of_b_p99_ms".into(), json!(p99_third));
     out.insert("peak_rss_mib".into(), json!(rss));
     out.insert("verified".into(), json!(verified));
     out.insert(
@@ -1523,16 +1649,20 @@ async fn run(cfg: Config) -> Result<Value> {
         json!({
             "b_a_ge_0_25": b_a.map(|r| r >= 0.25),
             "b_a_ge_0_5_long_term": b_a.map(|r| r >= 0.5),
+            "b_floor_ge_0_5": b_a2.map(|r| r >= 0.5),
             "b_c_ge_5": b_c.map(|r| r >= 5.0),
             "peak_rss_le_64_mib": rss.map(|r| r <= 64.0),
             "peak_rss_measured_on_messages": batch.as_ref().map(|_| e.changes),
             "p99_le_100_ms": p99.map(|p| p <= 100.0),
+            "p99_at_third_of_b_le_100_ms": p99_third.map(|p| p <= 100.0),
         }),
     );
     out.insert("raw".into(), json!(raw));
+    out.insert("floor".into(), json!(floor));
     out.insert("batch".into(), json!(batch));
     out.insert("single".into(), json!(single));
     out.insert("latency".into(), json!(latency));
+    out.insert("latency_third_of_b".into(), json!(latency_third));
     Ok(Value::Object(out))
 }
 
