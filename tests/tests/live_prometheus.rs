@@ -74,14 +74,6 @@ fn rule_file_from_prometheusrule(text: &str) -> String {
     out
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Prometheus {
     fn start(worker_metrics_port: u16, rules: &str) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("las-prometheus-{}", uuid::Uuid::new_v4()));
