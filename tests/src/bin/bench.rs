@@ -19,7 +19,12 @@
 //! * **latency** (d): the worker with its defaults under a fixed offered rate
 //!   (default 2,000 msg/s for 15 s), `emitted_at` = send time; the commit time
 //!   of every message is taken from a `NOTIFY` that a trigger on
-//!   `processed_messages` sends (PostgreSQL delivers it at commit).
+//!   `processed_messages` sends (PostgreSQL delivers it at commit). Run twice:
+//!   at `BENCH_RATE` and (issue #19) at a third of what (b) drained in the
+//!   same run, each with every process's CPU per message.
+//! * **publish only** (issue #19): the offered publishing of the second
+//!   latency run with no worker consuming, so the report can say how much
+//!   of RabbitMQ's CPU there the producer alone causes.
 //!
 //! Every worker run has its own database and vhost; all of them, and the
 //! worker processes, are removed at the end, also on failure or Ctrl-C. What
@@ -1390,46 +1395,14 @@ async fn phase_latency(cfg: &Config, load: &mut Load, rate: u32) -> Result<Value
     let conn = Connection::connect(&w.amqp_url(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let (ctx, mut crx) = tokio::sync::mpsc::unbounded_channel::<lapin::PublisherConfirm>();
-    let confirm_task = tokio::spawn(async move {
-        let mut nacks = 0usize;
-        while let Some(c) = crx.recv().await {
-            match c.await {
-                Ok(c) if c.is_ack() => {}
-                _ => nacks += 1,
-            }
-        }
-        nacks
-    });
     let pids = w.pids();
     let c0 = cpu_snapshot(&pids);
     let mut sent_at: HashMap<Uuid, SystemTime> = HashMap::with_capacity(n);
     let started = tokio::time::Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    for (i, m) in msgs.iter_mut().enumerate() {
-        let due = started + interval * i as u32;
-        if tokio::time::Instant::now() < due {
-            tokio::time::sleep_until(due).await;
-        }
-        let now = SystemTime::now();
-        m.stamp(now);
-        sent_at.entry(m.id).or_insert(now);
-        let c = ch
-            .basic_publish(
-                m.exchange.into(),
-                m.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &m.body,
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
-            )
-            .await?;
-        let _ = ctx.send(c);
-    }
-    let send_took = started.elapsed();
-    drop(ctx);
-    let nacks = confirm_task.await?;
+    let (send_took, nacks) = offer(&ch, &mut msgs, rate, |id, now| {
+        sent_at.entry(id).or_insert(now);
+    })
+    .await?;
     ensure!(nacks == 0, "latency: {nacks} publishes not confirmed");
 
     let mut committed: HashMap<Uuid, SystemTime> = HashMap::with_capacity(n);
@@ -1498,7 +1471,106 @@ async fn phase_latency(cfg: &Config, load: &mut Load, rate: u32) -> Result<Value
         "peak_rss_mib": round(hwm_kib as f64 / 1024.0, 1),
         // From the first send to the last commit.
         "cpu": cpu_json(c0, c1, until_committed.as_secs_f64()),
+        "cpu_us_per_msg": cpu_per_msg(c0, c1, n),
     }))
+}
+
+/// The same offered publishing as the latency run at `rate`, with no worker
+/// consuming (issue #19): the broker's CPU per message for taking the load
+/// alone, so the report can say how much of RabbitMQ's CPU in the latency
+/// run the worker causes. A worker starts once to declare the topology and
+/// stops before the first send.
+async fn phase_publish_only(cfg: &Config, load: &mut Load, rate: u32) -> Result<Value> {
+    let mut w = World::new(cfg, "publish", true).await?;
+    w.spawn_worker(&[]).await?;
+    w.stop_workers();
+    let n = ((rate as u64 * cfg.latency_secs) as usize).min(load.changes.len());
+    let mut msgs: Vec<Msg> = load.changes[..n].to_vec();
+    say(format!(
+        "publish only: offering {n} messages at {rate} msg/s for {} s with no worker",
+        cfg.latency_secs
+    ));
+    let conn = Connection::connect(&w.amqp_url(), ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let c0 = cpu_snapshot(&[]);
+    let started = tokio::time::Instant::now();
+    let (send_took, nacks) = offer(&ch, &mut msgs, rate, |_, _| {}).await?;
+    let until_confirmed = started.elapsed();
+    let c1 = cpu_snapshot(&[]);
+    ensure!(nacks == 0, "publish only: {nacks} publishes not confirmed");
+    let depth = w.queue_depth(CHANGES_QUEUE).await?;
+    let _ = conn.close(200, "done".into()).await;
+    say(format!(
+        "publish only: {depth} messages queued; RabbitMQ {:.0} µs of CPU per message",
+        (c1.rabbitmq - c0.rabbitmq) * 1e6 / n.max(1) as f64
+    ));
+    Ok(json!({
+        "messages": n,
+        "offered_msgs_per_s": rate,
+        "achieved_send_msgs_per_s": round(n as f64 / send_took.as_secs_f64(), 0),
+        "queued": depth,
+        "cpu": cpu_json(c0, c1, until_confirmed.as_secs_f64()),
+        "cpu_us_per_msg": cpu_per_msg(c0, c1, n),
+    }))
+}
+
+/// Publishes `msgs` with confirms at `rate` per second, stamping each with
+/// its send time (`emitted_at`) and telling `sent` about it; returns how long
+/// the sending took and how many publishes the broker did not confirm.
+async fn offer(
+    ch: &lapin::Channel,
+    msgs: &mut [Msg],
+    rate: u32,
+    mut sent: impl FnMut(Uuid, SystemTime),
+) -> Result<(Duration, usize)> {
+    let (ctx, mut crx) = tokio::sync::mpsc::unbounded_channel::<lapin::PublisherConfirm>();
+    let confirm_task = tokio::spawn(async move {
+        let mut nacks = 0usize;
+        while let Some(c) = crx.recv().await {
+            match c.await {
+                Ok(c) if c.is_ack() => {}
+                _ => nacks += 1,
+            }
+        }
+        nacks
+    });
+    let started = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    for (i, m) in msgs.iter_mut().enumerate() {
+        let due = started + interval * i as u32;
+        if tokio::time::Instant::now() < due {
+            tokio::time::sleep_until(due).await;
+        }
+        let now = SystemTime::now();
+        m.stamp(now);
+        sent(m.id, now);
+        let c = ch
+            .basic_publish(
+                m.exchange.into(),
+                m.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &m.body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await?;
+        let _ = ctx.send(c);
+    }
+    let send_took = started.elapsed();
+    drop(ctx);
+    Ok((send_took, confirm_task.await?))
+}
+
+/// Each process's CPU per message, in microseconds.
+fn cpu_per_msg(a: Cpu, b: Cpu, n: usize) -> Value {
+    let us = |x: f64| (x * 1e6 / n.max(1) as f64).round();
+    json!({
+        "postgres": us(b.postgres - a.postgres),
+        "worker": us(b.worker - a.worker),
+        "rabbitmq": us(b.rabbitmq - a.rabbitmq),
+    })
 }
 
 fn machine() -> Value {
@@ -1613,6 +1685,13 @@ async fn run(cfg: Config) -> Result<Value> {
         _ => None,
     };
 
+    // The same offered publishing with no worker: RabbitMQ's share that
+    // the producer alone causes.
+    let publish_only = match third {
+        Some(r) if cfg.has("latency") => Some(phase_publish_only(&cfg, &mut load, r).await?),
+        _ => None,
+    };
+
     let (a, b, c) = (rate(&raw), rate(&batch), rate(&single));
     let b_a = a.zip(b).map(|(a, b)| round(b / a, 3));
     let b_c = c.zip(b).map(|(c, b)| round(b / c, 2));
@@ -1663,6 +1742,7 @@ async fn run(cfg: Config) -> Result<Value> {
     out.insert("single".into(), json!(single));
     out.insert("latency".into(), json!(latency));
     out.insert("latency_third_of_b".into(), json!(latency_third));
+    out.insert("publish_only_third_of_b".into(), json!(publish_only));
     Ok(Value::Object(out))
 }
 
