@@ -708,3 +708,65 @@ async fn r12_dead_letters_past_their_term_are_dropped_and_the_rest_kept() {
         "the 40-day-old letter is gone, the others kept"
     );
 }
+
+/// `school show`'s `last_sync_at` is the time of the last applied change, to
+/// the minute: the worker writes the school's row at most once a minute
+/// (docs/operator-tools.md), so a second change within the minute leaves it,
+/// and one after it moves it on.
+#[tokio::test]
+async fn school_show_last_sync_at_follows_applied_changes_to_the_minute() {
+    let env = TestEnv::start().await;
+    env.link(parnassys_link("12AB", P_ENV)).await;
+    let last_sync = || async {
+        let (code, out, err) = env.cli_output(&["school", "show", "--brin", "12AB"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let s: Value = serde_json::from_str(&out).unwrap();
+        s["last_sync_at"].as_str().map(str::to_owned)
+    };
+    assert_eq!(last_sync().await, None, "linked, nothing applied yet");
+
+    env.publish(&[change(
+        "12AB",
+        parnassys(P_ENV),
+        1,
+        guardian("G1", "0101", "a@example.nl"),
+    )])
+    .await;
+    env.wait_handled(2).await;
+    let first = last_sync().await.expect("set by the first applied change");
+
+    env.publish(&[change(
+        "12AB",
+        parnassys(P_ENV),
+        2,
+        guardian("G1", "0102", "a@example.nl"),
+    )])
+    .await;
+    env.wait_handled(3).await;
+    assert_eq!(
+        last_sync().await.as_deref(),
+        Some(first.as_str()),
+        "within the minute the row is not written again"
+    );
+
+    // A minute later (moved back in the database rather than waited for).
+    sqlx::query("UPDATE schools SET last_sync_at = last_sync_at - interval '2 minutes'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let moved_back = last_sync().await.unwrap();
+    env.publish(&[change(
+        "12AB",
+        parnassys(P_ENV),
+        3,
+        guardian("G1", "0103", "a@example.nl"),
+    )])
+    .await;
+    env.wait_handled(4).await;
+    let now = last_sync().await.unwrap();
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    assert!(
+        at(&now) >= at(&first) && at(&moved_back) < at(&first),
+        "after the minute the next change sets it again: {moved_back} -> {now} (first {first})"
+    );
+}

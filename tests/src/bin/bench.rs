@@ -46,7 +46,9 @@
 //! records a `perf` profile of the worker (or the whole machine) during the
 //! batch drain; `BENCH_DB_SET="name=value;..."` sets per-database settings
 //! such as `log_min_duration_statement=0` on the worker databases;
-//! `BENCH_ANALYZE_SECS=N` runs `ANALYZE` every N s during the drains, as
+//! `BENCH_RAW_TX=1` puts the raw consumer's channel in AMQP transaction mode
+//! with a `tx.commit` per batch, as the worker settles, and `BENCH_RAW_BATCH=N`
+//! sets its batch size; `BENCH_ANALYZE_SECS=N` runs `ANALYZE` every N s during the drains, as
 //! autovacuum would on a server that has it on; `BENCH_REPLICAS=N` drains
 //! the batch phase with N worker processes (what concurrency would gain).
 
@@ -129,7 +131,8 @@ Environment: BENCH_MESSAGES, BENCH_SCALE, BENCH_SCHOOLS, BENCH_SEED, BENCH_SINGL
 BENCH_RATE, BENCH_LATENCY_SECS, BENCH_PHASES, LAS_WORKER_BIN; diagnostics: BENCH_PERF=1|all
 (perf profile of the batch drain), BENCH_DB_SET=\"name=value;...\" (per-database settings),
 BENCH_ANALYZE_SECS=N (ANALYZE every N s during drains, like autovacuum),
-BENCH_REPLICAS=N (N workers in the batch drain).
+BENCH_REPLICAS=N (N workers in the batch drain), BENCH_RAW_TX=1 (raw consumer in tx mode),
+BENCH_RAW_BATCH=N (raw consumer's batch size).
 See docs/performance.md.";
 
 impl Config {
@@ -898,10 +901,25 @@ fn vm_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// The raw limit: consume and acknowledge only, with the worker's batching
 /// and ack pattern (one multiple ack per batch, through the delivery's acker).
+///
+/// Diagnostic `BENCH_RAW_TX=1`: the channel in AMQP transaction mode and a
+/// `tx.commit` after each ack, as the worker settles its batches: what the
+/// transaction costs the broker, with nothing else in the way (issue #19).
 async fn raw_drain(url: &str, n: usize) -> Result<Duration> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let tx = std::env::var("BENCH_RAW_TX").is_ok_and(|v| v == "1");
+    if tx {
+        ch.tx_select().await?;
+    }
+    // Diagnostic `BENCH_RAW_BATCH=N`: batches of N (the worker's small
+    // batches at moderate rates), to see the per-batch cost of `tx.commit`.
+    let batch_size = std::env::var("BENCH_RAW_BATCH")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(BATCH_SIZE)
+        .clamp(1, PREFETCH as usize);
     let mut consumer = ch
         .basic_consume(
             CHANGES_QUEUE.into(),
@@ -912,7 +930,7 @@ async fn raw_drain(url: &str, n: usize) -> Result<Duration> {
         .await?;
     let started = Instant::now();
     let mut done = 0usize;
-    let mut batch = Vec::with_capacity(BATCH_SIZE);
+    let mut batch = Vec::with_capacity(batch_size);
     while done < n {
         let first = tokio::time::timeout(Duration::from_secs(60), consumer.next())
             .await
@@ -920,7 +938,7 @@ async fn raw_drain(url: &str, n: usize) -> Result<Duration> {
             .ok_or_else(|| anyhow!("raw consumer cancelled"))??;
         batch.push(first);
         let deadline = tokio::time::Instant::now() + BATCH_MAX_WAIT;
-        while batch.len() < BATCH_SIZE {
+        while batch.len() < batch_size {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Err(_) => break,
                 Ok(None) => bail!("raw consumer cancelled"),
@@ -929,6 +947,9 @@ async fn raw_drain(url: &str, n: usize) -> Result<Duration> {
         }
         if let Some(last) = batch.last() {
             last.acker.ack(BasicAckOptions { multiple: true }).await?;
+            if tx {
+                ch.tx_commit().await?;
+            }
         }
         done += batch.len();
         batch.clear();

@@ -234,7 +234,8 @@ pub enum SchoolCommand {
     )]
     Configure(Box<crate::cli::school::ConfigureArgs>),
     /// A school's link settings as JSON, with first_run_at and last_sync_at
-    /// (exit code 1 and no output when the school is not linked).
+    /// (to the minute) (exit code 1 and no output when the school is not
+    /// linked).
     #[command(after_help = "Example:\n  las-worker school show --brin 12AB")]
     Show {
         #[arg(long)]

@@ -228,11 +228,19 @@ impl Store {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        // To the minute: a school's row is written (and locked until the
+        // commit) once a minute, not by every batch. Concurrent batches of one
+        // school used to queue on that row lock at the end of each
+        // transaction (3.5% of PostgreSQL's statement time in the 1M drain,
+        // 1.3 ms per batch; issue #19).
         if !synced.is_empty() {
-            sqlx::query("UPDATE schools SET last_sync_at = now() WHERE id = ANY($1)")
-                .bind(&synced)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE schools SET last_sync_at = now() WHERE id = ANY($1)
+                   AND (last_sync_at IS NULL OR last_sync_at < now() - interval '1 minute')",
+            )
+            .bind(&synced)
+            .execute(&mut *tx)
+            .await?;
         }
 
         let outcomes = outcomes
