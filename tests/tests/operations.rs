@@ -943,3 +943,46 @@ async fn a_list_of_broker_nodes_skips_the_one_that_is_down() {
         "no password of any node in the log"
     );
 }
+
+/// Issue #19: lapin keeps 32 frames of buffer per direction and connection,
+/// 8 MiB per connection at RabbitMQ's default `frame_max` of 128 KiB. Every
+/// connection of the worker (two consumers, the event publisher, the queue
+/// gauges) asks for 32 KiB frames, as the broker reports them.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_worker_connection_uses_the_small_frame_size() {
+    let env = TestEnv::start().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = env
+            .broker
+            .ctl(&[
+                "list_connections",
+                "-q",
+                "-s",
+                "vhost",
+                "frame_max",
+                "client_properties",
+            ])
+            .unwrap();
+        let ours: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                let mut c = l.splitn(3, '\t');
+                let (vhost, frame_max, props) = (c.next()?, c.next()?, c.next()?);
+                (vhost.trim() == env.vhost && props.contains("las-worker"))
+                    .then(|| (frame_max.trim().to_owned(), props.to_owned()))
+            })
+            .collect();
+        if ours.len() >= 4 {
+            for (frame_max, props) in &ours {
+                assert_eq!(frame_max, "32768", "{props}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker's four connections did not all open: {ours:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
