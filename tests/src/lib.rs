@@ -453,6 +453,34 @@ impl TestEnv {
         http_get_port(self.metrics_port, path).await
     }
 
+    /// Waits until the worker's `/metrics` satisfies `ok` (polled every
+    /// 200 ms); returns the exposition. Fails the test with `what`, the last
+    /// body and the log's path after `timeout`.
+    pub async fn wait_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body = self
+                .http_get("/metrics")
+                .await
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            if ok(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics: {what} not seen within {timeout:?}; log: {}\n{body}",
+                self.log_path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Sum of `las_messages_total` per outcome.
     pub async fn message_counts(&self) -> BTreeMap<String, u64> {
         message_counts_port(self.metrics_port).await

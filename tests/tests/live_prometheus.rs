@@ -253,25 +253,13 @@ async fn a_live_prometheus_sees_every_dashboard_query_every_rule_and_the_alerts_
     )
     .await;
     env.wait_handled(n as u64 + 3).await;
-    let body = {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let body = env
-                .http_get("/metrics")
-                .await
-                .map(|(_, b)| b)
-                .unwrap_or_default();
-            if metric_sum(&body, "las_emails_total", &[("outcome", "failed")]) >= 1.0 {
-                break body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the 401 never gave an e-mail up; log:\n{}",
-                env.log()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    };
+    let body = env
+        .wait_metrics(
+            "the 401 giving an e-mail up",
+            Duration::from_secs(90),
+            |b| metric_sum(b, "las_emails_total", &[("outcome", "failed")]) >= 1.0,
+        )
+        .await;
     assert!(api.calls().iter().all(|c| c.status == 401), "only 401s");
     assert_eq!(
         metric_sum(

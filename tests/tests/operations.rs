@@ -134,28 +134,6 @@ async fn metrics(env: &TestEnv) -> String {
     body
 }
 
-/// Waits until `/metrics` satisfies `ok`; returns the exposition.
-async fn wait_metrics(
-    env: &TestEnv,
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let body = metrics(env).await;
-        if ok(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics: {what} not seen within {timeout:?}; log: {}\n{body}",
-            env.log_path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn guardian_count(env: &TestEnv, brin: &str) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM profiles p JOIN schools s ON s.id = p.school_id
@@ -238,8 +216,7 @@ async fn metrics_pass_promtool_and_match_the_readme_table() {
         env.kill_worker_connections("operations test: reconnect") >= 2,
         "the worker's connections (one per queue at least) were found"
     );
-    wait_metrics(
-        &env,
+    env.wait_metrics(
         "a reconnect of both consumers",
         Duration::from_secs(60),
         |b| {
@@ -257,7 +234,7 @@ async fn metrics_pass_promtool_and_match_the_readme_table() {
         &[b"still not json".to_vec()],
     )
     .await;
-    wait_metrics(&env, "the queue gauges", Duration::from_secs(60), |b| {
+    env.wait_metrics("the queue gauges", Duration::from_secs(60), |b| {
         metric_sample(b, "las_queue_messages{queue=\"dead_letter\"}") == Some(1.0)
             && metric_sample(b, "las_queue_messages{queue=\"changes\"}") == Some(0.0)
             && metric_sample(b, "las_queue_consumers{queue=\"changes\"}") == Some(1.0)
@@ -762,19 +739,19 @@ async fn stuck_outboxes_show_their_depth_and_age_and_the_daily_job_its_last_succ
         "guardian_las_key": "G1", "edited_at": "2026-11-22T10:00:00Z", "changes": [{"field": "phone", "proposed": "0309998877"}]})])
     .await;
     env.wait_handled(3).await;
-    let body = wait_metrics(
-        &env,
-        "aging outboxes and the daily job's success",
-        Duration::from_secs(60),
-        |b| {
-            metric_sample(b, "las_email_outbox_oldest_seconds").is_some_and(|v| v >= 1.0)
-                && metric_sample(b, "las_event_outbox_oldest_seconds").is_some_and(|v| v >= 1.0)
-                && metric_sample(b, "las_event_outbox_depth").is_some_and(|v| v >= 1.0)
-                && metric_sample(b, "las_daily_job_last_success_timestamp_seconds")
-                    .is_some_and(|v| v > 0.0)
-        },
-    )
-    .await;
+    let body = env
+        .wait_metrics(
+            "aging outboxes and the daily job's success",
+            Duration::from_secs(60),
+            |b| {
+                metric_sample(b, "las_email_outbox_oldest_seconds").is_some_and(|v| v >= 1.0)
+                    && metric_sample(b, "las_event_outbox_oldest_seconds").is_some_and(|v| v >= 1.0)
+                    && metric_sample(b, "las_event_outbox_depth").is_some_and(|v| v >= 1.0)
+                    && metric_sample(b, "las_daily_job_last_success_timestamp_seconds")
+                        .is_some_and(|v| v > 0.0)
+            },
+        )
+        .await;
     assert_eq!(metric_sample(&body, "las_email_outbox_depth"), Some(1.0));
     let last = metric_sample(&body, "las_daily_job_last_success_timestamp_seconds").unwrap();
     let now = chrono::Utc::now().timestamp() as f64;
@@ -883,16 +860,16 @@ async fn schools_whose_full_snapshots_stopped_are_counted_and_named() {
     .execute(&env.db)
     .await
     .unwrap();
-    let body = wait_metrics(
-        &env,
-        "one school overdue of three linked",
-        Duration::from_secs(60),
-        |b| {
-            metric_sample(b, "las_schools_linked") == Some(3.0)
-                && metric_sample(b, "las_schools_snapshot_overdue") == Some(1.0)
-        },
-    )
-    .await;
+    let body = env
+        .wait_metrics(
+            "one school overdue of three linked",
+            Duration::from_secs(60),
+            |b| {
+                metric_sample(b, "las_schools_linked") == Some(3.0)
+                    && metric_sample(b, "las_schools_snapshot_overdue") == Some(1.0)
+            },
+        )
+        .await;
     assert!(!body.contains("brin="), "no series per school");
     let (code, out) = env.cli(&["school", "overdue", "--hours", "26"]);
     assert_eq!(code, 0, "{out}");
