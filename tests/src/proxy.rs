@@ -2,7 +2,9 @@
 //! fault injection: `sever` drops every live connection at once (both
 //! directions, no FIN handshake with the other side), and `refuse_for`
 //! makes the proxy close new connections at once for a while, like a
-//! broker that is down.
+//! broker that is down. `freeze` is a silent partition: the connections
+//! open at that moment stay open and pass no byte either way (no FIN, no
+//! RST), as behind a dead network path; new connections pass again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,6 +21,8 @@ pub struct TcpProxy {
     pub port: u16,
     /// Incremented by `sever`: every connection opened before ends.
     generation: watch::Sender<u64>,
+    /// Incremented by `freeze`: every connection opened before goes silent.
+    frozen: watch::Sender<u64>,
     refuse_until: Arc<Mutex<Option<Instant>>>,
     accepted: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
@@ -33,6 +37,7 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (generation, _) = watch::channel(0u64);
+        let (frozen, _) = watch::channel(0u64);
         let refuse_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         let accepted = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
@@ -40,6 +45,7 @@ impl TcpProxy {
         let upstream = upstream.to_owned();
         let accept_task = {
             let generation = generation.clone();
+            let frozen = frozen.clone();
             let refuse_until = refuse_until.clone();
             let accepted = accepted.clone();
             let refused = refused.clone();
@@ -65,6 +71,8 @@ impl TcpProxy {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let mut cut = generation.subscribe();
                     let born = *cut.borrow_and_update();
+                    let mut freeze = frozen.subscribe();
+                    let thawed = *freeze.borrow_and_update();
                     let live = live.clone();
                     live.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
@@ -84,9 +92,16 @@ impl TcpProxy {
                             let _ = tokio::io::copy(&mut sr, &mut cw).await;
                             let _ = cw.shutdown().await;
                         };
-                        tokio::select! {
-                            _ = async { tokio::join!(up, down) } => {}
-                            _ = cut.wait_for(|g| *g != born) => {}
+                        let silent = tokio::select! {
+                            _ = async { tokio::join!(up, down) } => false,
+                            _ = cut.wait_for(|g| *g != born) => false,
+                            _ = freeze.wait_for(|g| *g != thawed) => true,
+                        };
+                        if silent {
+                            // The sockets stay open (the halves live on
+                            // here) and nothing is copied, until a `sever`
+                            // or the proxy's end.
+                            let _ = cut.wait_for(|g| *g != born).await.map(|_| ());
                         }
                         live.fetch_sub(1, Ordering::SeqCst);
                         // Dropping both halves of both sockets closes them.
@@ -97,6 +112,7 @@ impl TcpProxy {
         TcpProxy {
             port,
             generation,
+            frozen,
             refuse_until,
             accepted,
             refused,
@@ -108,6 +124,12 @@ impl TcpProxy {
     /// Drops every live connection through the proxy.
     pub fn sever(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// A silent partition of every live connection: they stay open and
+    /// carry nothing from now on; connections opened later pass.
+    pub fn freeze(&self) {
+        self.frozen.send_modify(|g| *g += 1);
     }
 
     /// Refuses (closes at once) every new connection for `d`.

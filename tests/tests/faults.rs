@@ -706,6 +706,63 @@ async fn broker_tcp_cut_mid_stream_reconnects_and_loses_nothing() {
     );
 }
 
+/// A silent partition (issue #17): the path to the broker goes dead without
+/// a FIN or RST, as when a NAT entry or a firewall state is lost; new
+/// connections get through. The worker's connections carry a 2 s heartbeat
+/// (`?heartbeat=2` in `AMQP_URL`, as docs/reliability.md advises for fast
+/// detection): lapin notices the missing heartbeats, the worker reconnects
+/// by itself, and every change published after the partition is applied
+/// once; nothing is lost and nothing is applied twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_partition_is_noticed_by_heartbeat_and_loses_nothing() {
+    const BRIN: &str = "78GH";
+    const KEYS: usize = 100;
+    const VERSIONS: u64 = 3;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let mut env = TestEnv::start_without_worker().await;
+    let via_proxy = format!(
+        "amqp://guest:guest@127.0.0.1:{}/{}?heartbeat=2",
+        proxy.port, env.vhost
+    );
+    env.extra_env_set("AMQP_URL", &via_proxy);
+    env.spawn_worker().await;
+    env.link(parnassys_link(BRIN, P)).await;
+
+    let msgs = guardian_versions(BRIN, P, KEYS, VERSIONS);
+    let (before, after) = msgs.split_at(msgs.len() / 2);
+    env.publish_many(before).await;
+    wait_processed(&env, &ids(before), Duration::from_secs(60)).await;
+
+    proxy.freeze();
+    // Published straight to the broker while the worker's path is silent.
+    env.publish_many(after).await;
+    wait_processed(&env, &ids(after), Duration::from_secs(90)).await;
+    wait_guardians_at(&env, BRIN, KEYS, VERSIONS, Duration::from_secs(30)).await;
+    assert_queues_drained(&env).await;
+    assert!(
+        env.log().contains("reconnecting"),
+        "the worker logged the reconnect"
+    );
+    let (_, body) = env.http_get("/metrics").await.unwrap();
+    for q in ["changes", "portal"] {
+        let n = metric_sample(
+            &body,
+            &format!("las_broker_connections_total{{queue=\"{q}\"}}"),
+        );
+        assert!(
+            n >= Some(2.0),
+            "{q}: a new connection after the partition, got {n:?}"
+        );
+    }
+    let counts = env.message_counts().await;
+    assert_eq!(count(&counts, "rejected"), 0, "{counts:?}");
+    assert_eq!(
+        count(&counts, "applied") + count(&counts, "stale"),
+        1 + msgs.len() as u64,
+        "each distinct message applied or stale exactly once: {counts:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 6. kill -9 at random moments
 // ---------------------------------------------------------------------------

@@ -922,11 +922,13 @@ async fn a_list_of_broker_nodes_skips_the_one_that_is_down() {
 }
 
 /// Issue #19: lapin keeps 32 frames of buffer per direction and connection,
-/// 8 MiB per connection at RabbitMQ's default `frame_max` of 128 KiB. Every
-/// connection of the worker (two consumers, the event publisher, the queue
-/// gauges) asks for 32 KiB frames, as the broker reports them.
+/// 8 MiB per connection at RabbitMQ's default `frame_max` of 128 KiB. Issue
+/// #17: at RabbitMQ's default heartbeat of 60 s a silent partition stalls a
+/// session for two minutes. Every connection of the worker (two consumers,
+/// the event publisher, the queue gauges) asks for 32 KiB frames and a 10 s
+/// heartbeat, as the broker reports them.
 #[tokio::test(flavor = "multi_thread")]
-async fn every_worker_connection_uses_the_small_frame_size() {
+async fn every_worker_connection_uses_small_frames_and_a_short_heartbeat() {
     let env = TestEnv::start().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -938,21 +940,29 @@ async fn every_worker_connection_uses_the_small_frame_size() {
                 "-s",
                 "vhost",
                 "frame_max",
+                "timeout",
                 "client_properties",
             ])
             .unwrap();
-        let ours: Vec<(String, String)> = out
+        let ours: Vec<(String, String, String)> = out
             .lines()
             .filter_map(|l| {
-                let mut c = l.splitn(3, '\t');
-                let (vhost, frame_max, props) = (c.next()?, c.next()?, c.next()?);
-                (vhost.trim() == env.vhost && props.contains("las-worker"))
-                    .then(|| (frame_max.trim().to_owned(), props.to_owned()))
+                let mut c = l.splitn(4, '\t');
+                let (vhost, frame_max, heartbeat, props) =
+                    (c.next()?, c.next()?, c.next()?, c.next()?);
+                (vhost.trim() == env.vhost && props.contains("las-worker")).then(|| {
+                    (
+                        frame_max.trim().to_owned(),
+                        heartbeat.trim().to_owned(),
+                        props.to_owned(),
+                    )
+                })
             })
             .collect();
         if ours.len() >= 4 {
-            for (frame_max, props) in &ours {
+            for (frame_max, heartbeat, props) in &ours {
                 assert_eq!(frame_max, "32768", "{props}");
+                assert_eq!(heartbeat, "10", "heartbeat: {props}");
             }
             break;
         }

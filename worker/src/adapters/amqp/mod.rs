@@ -131,15 +131,28 @@ pub fn node_urls(url: &str) -> Vec<&str> {
 /// 56 to 64 MiB. `?frame_max=` in `AMQP_URL` overrides it.
 pub const FRAME_MAX: u32 = 32 * 1024;
 
-/// One node's URL with `frame_max` ([`FRAME_MAX`]) unless it sets one.
-pub fn with_frame_max(node: &str) -> String {
-    if node.contains("frame_max=") {
-        node.to_owned()
-    } else if node.contains('?') {
-        format!("{node}&frame_max={FRAME_MAX}")
-    } else {
-        format!("{node}?frame_max={FRAME_MAX}")
+/// The heartbeat (seconds) the worker asks for when the URL sets none.
+/// lapin closes a connection that read nothing for two heartbeats, so a
+/// silent partition (a dead path without FIN or RST) ends a session after
+/// about 20 s and the worker reconnects; at RabbitMQ's default of 60 s it
+/// would stall two minutes. RabbitMQ's guide advises 5-20 s. `?heartbeat=`
+/// in `AMQP_URL` overrides it.
+pub const HEARTBEAT_SECS: u16 = 10;
+
+/// One node's URL with `frame_max` ([`FRAME_MAX`]) and `heartbeat`
+/// ([`HEARTBEAT_SECS`]) unless it sets them.
+pub fn with_connection_defaults(node: &str) -> String {
+    let mut url = node.to_owned();
+    for (key, value) in [
+        ("frame_max", FRAME_MAX.to_string()),
+        ("heartbeat", HEARTBEAT_SECS.to_string()),
+    ] {
+        if !url.contains(&format!("{key}=")) {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{sep}{key}={value}");
+        }
     }
+    url
 }
 
 /// How long one node may take to accept a connection before the next is
@@ -151,7 +164,10 @@ const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// returns the first connection that opens (or the last error). Every
 /// connection is watched for `connection.blocked` ([`blocked_connections`]).
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let nodes: Vec<String> = node_urls(url).into_iter().map(with_frame_max).collect();
+    let nodes: Vec<String> = node_urls(url)
+        .into_iter()
+        .map(with_connection_defaults)
+        .collect();
     let props = || {
         ConnectionProperties::default()
             .with_connection_name(LongString::from(name.as_bytes().to_vec()))
@@ -160,7 +176,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
         let node = nodes
             .first()
             .cloned()
-            .unwrap_or_else(|| with_frame_max(url));
+            .unwrap_or_else(|| with_connection_defaults(url));
         let conn = Connection::connect(&node, props()).await?;
         watch_blocked(conn.status().clone());
         return Ok(conn);
@@ -253,18 +269,18 @@ mod tests {
     }
 
     #[test]
-    fn each_node_asks_for_the_small_frame_size_unless_its_url_sets_one() {
+    fn each_node_asks_for_small_frames_and_a_short_heartbeat_unless_its_url_sets_them() {
         assert_eq!(
-            with_frame_max("amqp://g:g@a:5672/%2f"),
-            "amqp://g:g@a:5672/%2f?frame_max=32768"
+            with_connection_defaults("amqp://g:g@a:5672/%2f"),
+            "amqp://g:g@a:5672/%2f?frame_max=32768&heartbeat=10"
         );
         assert_eq!(
-            with_frame_max("amqps://g:g@a:5671/v?heartbeat=30"),
+            with_connection_defaults("amqps://g:g@a:5671/v?heartbeat=30"),
             "amqps://g:g@a:5671/v?heartbeat=30&frame_max=32768"
         );
         assert_eq!(
-            with_frame_max("amqp://a/v?frame_max=131072"),
-            "amqp://a/v?frame_max=131072"
+            with_connection_defaults("amqp://a/v?frame_max=131072&heartbeat=5"),
+            "amqp://a/v?frame_max=131072&heartbeat=5"
         );
     }
 
