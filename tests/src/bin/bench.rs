@@ -899,6 +899,74 @@ fn vm_kib(pid: u32, field: &str) -> Option<u64> {
 // Broker side
 // ---------------------------------------------------------------------------
 
+/// A consumer of the changes queue with the worker's prefetch and batching:
+/// a batch is what arrives within `BATCH_MAX_WAIT` of its first delivery, up
+/// to a size. Shared by the raw limit and the durable floor.
+struct BatchConsumer {
+    conn: Connection,
+    ch: lapin::Channel,
+    consumer: lapin::Consumer,
+    tag: &'static str,
+}
+
+impl BatchConsumer {
+    /// Connects and starts consuming; with `tx` the channel is put in AMQP
+    /// transaction mode first.
+    async fn open(url: &str, tag: &'static str, tx: bool) -> Result<BatchConsumer> {
+        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+        if tx {
+            ch.tx_select().await?;
+        }
+        let consumer = ch
+            .basic_consume(
+                CHANGES_QUEUE.into(),
+                format!("bench-{tag}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(BatchConsumer {
+            conn,
+            ch,
+            consumer,
+            tag,
+        })
+    }
+
+    /// The next batch of at most `max` deliveries (`done` of `n` so far, for
+    /// the error when none comes for 60 s).
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        done: usize,
+        n: usize,
+    ) -> Result<Vec<lapin::message::Delivery>> {
+        let tag = self.tag;
+        let first = tokio::time::timeout(Duration::from_secs(60), self.consumer.next())
+            .await
+            .map_err(|_| anyhow!("{tag} consumer: no delivery for 60 s after {done} of {n}"))?
+            .ok_or_else(|| anyhow!("{tag} consumer cancelled"))??;
+        let mut batch = Vec::with_capacity(max);
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + BATCH_MAX_WAIT;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.next()).await {
+                Err(_) => break,
+                Ok(None) => bail!("{tag} consumer cancelled"),
+                Ok(Some(d)) => batch.push(d?),
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn close(self) {
+        let _ = self.ch.close(200, "done".into()).await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
 /// The raw limit: consume and acknowledge only, with the worker's batching
 /// and ack pattern (one multiple ack per batch, through the delivery's acker).
 ///
@@ -906,13 +974,7 @@ fn vm_kib(pid: u32, field: &str) -> Option<u64> {
 /// `tx.commit` after each ack, as the worker settles its batches: what the
 /// transaction costs the broker, with nothing else in the way (issue #19).
 async fn raw_drain(url: &str, n: usize) -> Result<Duration> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let tx = std::env::var("BENCH_RAW_TX").is_ok_and(|v| v == "1");
-    if tx {
-        ch.tx_select().await?;
-    }
     // Diagnostic `BENCH_RAW_BATCH=N`: batches of N (the worker's small
     // batches at moderate rates), to see the per-batch cost of `tx.commit`.
     let batch_size = std::env::var("BENCH_RAW_BATCH")
@@ -920,43 +982,21 @@ async fn raw_drain(url: &str, n: usize) -> Result<Duration> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(BATCH_SIZE)
         .clamp(1, PREFETCH as usize);
-    let mut consumer = ch
-        .basic_consume(
-            CHANGES_QUEUE.into(),
-            "bench-raw".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut c = BatchConsumer::open(url, "raw", tx).await?;
     let started = Instant::now();
     let mut done = 0usize;
-    let mut batch = Vec::with_capacity(batch_size);
     while done < n {
-        let first = tokio::time::timeout(Duration::from_secs(60), consumer.next())
-            .await
-            .map_err(|_| anyhow!("raw consumer: no delivery for 60 s after {done} of {n}"))?
-            .ok_or_else(|| anyhow!("raw consumer cancelled"))??;
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + BATCH_MAX_WAIT;
-        while batch.len() < batch_size {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Err(_) => break,
-                Ok(None) => bail!("raw consumer cancelled"),
-                Ok(Some(d)) => batch.push(d?),
-            }
-        }
+        let batch = c.next_batch(batch_size, done, n).await?;
         if let Some(last) = batch.last() {
             last.acker.ack(BasicAckOptions { multiple: true }).await?;
             if tx {
-                ch.tx_commit().await?;
+                c.ch.tx_commit().await?;
             }
         }
         done += batch.len();
-        batch.clear();
     }
     let took = started.elapsed();
-    let _ = ch.close(200, "done".into()).await;
-    let _ = conn.close(200, "done".into()).await;
+    c.close().await;
     Ok(took)
 }
 
@@ -969,34 +1009,11 @@ async fn floor_drain(url: &str, pool: &sqlx::PgPool, n: usize) -> Result<Duratio
     )
     .execute(pool)
     .await?;
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            CHANGES_QUEUE.into(),
-            "bench-floor".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut c = BatchConsumer::open(url, "floor", false).await?;
     let started = Instant::now();
     let mut done = 0usize;
-    let mut batch = Vec::with_capacity(BATCH_SIZE);
     while done < n {
-        let first = tokio::time::timeout(Duration::from_secs(60), consumer.next())
-            .await
-            .map_err(|_| anyhow!("floor consumer: no delivery for 60 s after {done} of {n}"))?
-            .ok_or_else(|| anyhow!("floor consumer cancelled"))??;
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + BATCH_MAX_WAIT;
-        while batch.len() < BATCH_SIZE {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Err(_) => break,
-                Ok(None) => bail!("floor consumer cancelled"),
-                Ok(Some(d)) => batch.push(d?),
-            }
-        }
+        let batch = c.next_batch(BATCH_SIZE, done, n).await?;
         let mut ids: Vec<Uuid> = Vec::with_capacity(batch.len());
         let mut bodies: Vec<&[u8]> = Vec::with_capacity(batch.len());
         for d in &batch {
@@ -1021,11 +1038,9 @@ async fn floor_drain(url: &str, pool: &sqlx::PgPool, n: usize) -> Result<Duratio
             last.acker.ack(BasicAckOptions { multiple: true }).await?;
         }
         done += batch.len();
-        batch.clear();
     }
     let took = started.elapsed();
-    let _ = ch.close(200, "done".into()).await;
-    let _ = conn.close(200, "done".into()).await;
+    c.close().await;
     Ok(took)
 }
 
