@@ -113,8 +113,8 @@ impl Fault {
     }
 
     /// How many times the standard load: three graceful stops and starts
-    /// under load take 60-75 s here (a start alone 15-20 s), so the rolling
-    /// restart drains a larger load, from its first message, for the last
+    /// take 50-90 s here, so the rolling restart drains a larger load, from
+    /// its first message, and more slowly (`worker_settings`), for the last
     /// node's stop to begin well inside the drain.
     fn load_factor(self) -> f64 {
         match self {
